@@ -1,0 +1,220 @@
+"""The ``rsgen`` command line (also ``python -m gen``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from conditions.metadata import Metadata, MetadataError, parse_date
+from gen import __version__
+
+logger = logging.getLogger("rsgen")
+
+EPILOG_TXT2IMG = """\
+examples:
+  rsgen model init-tiny models/tiny
+  rsgen txt2img --model models/tiny --prompt "dense residential area with a river" \\
+      --gsd 0.5 --lat 52.37 --lon 4.89 --date 2021-06-01 --cloud 0.1 --sensor aerial \\
+      -n 8 --batch-size 4 --seed 0 --out out/ --format geotiff
+"""
+
+NO_DEFAULT_MODEL = (
+    "--model is required: rsgen does not ship a built-in default model yet. Pass a bundle folder or hub id, "
+    "or make a smoke-test bundle with `rsgen model init-tiny DIR` (its images are noise)"
+)
+
+
+def _add_metadata_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metadata (leave a field out for 'unknown')")
+    group.add_argument("--gsd", type=float, help="ground sample distance, metres per pixel")
+    group.add_argument("--lat", type=float, help="latitude of the image centre, degrees north")
+    group.add_argument("--lon", type=float, help="longitude of the image centre, degrees east")
+    group.add_argument("--date", help="acquisition date, YYYY-MM-DD")
+    group.add_argument("--cloud", type=float, help="cloud-cover fraction, 0..1")
+    group.add_argument("--sensor", help="sensor/platform name, e.g. sentinel-2, naip, aerial")
+
+
+def _metadata_from_args(args: argparse.Namespace) -> Metadata:
+    return Metadata(
+        gsd=args.gsd,
+        lat=args.lat,
+        lon=args.lon,
+        date=parse_date(args.date) if args.date else None,
+        cloud=args.cloud,
+        sensor=args.sensor,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rsgen",
+        description="rsgen: diffusion-based data generation for remote sensing.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rsgen {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t2i = sub.add_parser(
+        "txt2img",
+        help="generate images from a prompt and acquisition metadata",
+        description="Generate images from a text prompt and metadata; each image gets a JSON provenance sidecar.",
+        epilog=EPILOG_TXT2IMG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t2i.add_argument("--model", help="model bundle folder or hub id")
+    t2i.add_argument("--prompt", required=True, help="text prompt")
+    t2i.add_argument("--negative-prompt", help="negative prompt (the unconditional branch of guidance)")
+    _add_metadata_args(t2i)
+    t2i.add_argument("-n", "--num-samples", type=int, default=1, help="number of images (default 1)")
+    t2i.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
+    t2i.add_argument("--seed", type=int, default=0, help="job seed; image i uses a seed derived from (seed, i)")
+    t2i.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    t2i.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    t2i.add_argument("--height", type=int, help="image height in pixels (default: the model's native size)")
+    t2i.add_argument("--width", type=int, help="image width in pixels (default: the model's native size)")
+    t2i.add_argument("--out", required=True, type=Path, help="output folder")
+    t2i.add_argument(
+        "--format", choices=("png", "geotiff"), default="png",
+        help="png, or geotiff placed in the local UTM zone (needs --lat --lon --gsd)",
+    )  # fmt: skip
+    t2i.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    t2i.add_argument("--allow-pickle", action="store_true", help="allow pickled .bin/.ckpt weights (unsafe)")
+    t2i.add_argument("--overwrite", action="store_true", help="write into a folder that already holds samples")
+
+    model = sub.add_parser("model", help="create and inspect model bundles")
+    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
+    tiny = model_sub.add_parser(
+        "init-tiny",
+        help="build a tiny random bundle (smoke tests; its images are noise)",
+        description="Build a tiny model bundle with random weights. It runs every command end to end "
+        "without downloads; its images are noise.",
+    )
+    tiny.add_argument("dir", type=Path, help="folder to create")
+    tiny.add_argument("--size", type=int, default=256, help="native image size in pixels (default 256)")
+    tiny.add_argument("--no-metadata", action="store_true", help="no metadata encoder (plain SD layout)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    tiny.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    info = model_sub.add_parser("info", help="print a bundle's rsgen_model.json")
+    info.add_argument("dir", help="bundle folder")
+
+    quick = sub.add_parser(
+        "quickstart",
+        help="build a tiny smoke-test model and generate a few GeoTIFFs with it (images are noise)",
+        description="First-run check: builds a tiny random bundle (until rsgen ships a trained default model) "
+        "and runs txt2img with metadata into GeoTIFFs with sidecars. The images are noise.",
+    )
+    quick.add_argument("--out", type=Path, default=Path("quickstart-out"), help="output folder (default quickstart-out)")
+    quick.add_argument("-n", "--num-samples", type=int, default=4, help="number of images (default 4)")
+    return parser
+
+
+def _cmd_txt2img(args: argparse.Namespace) -> int:
+    from gen.txt2img_job import Txt2ImgJob, run_txt2img
+
+    if not args.model:
+        raise ValueError(NO_DEFAULT_MODEL)
+    job = Txt2ImgJob(
+        model=args.model,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        metadata=_metadata_from_args(args),
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        height=args.height,
+        width=args.width,
+        out=args.out,
+        fmt=args.format,
+        allow_pickle=args.allow_pickle,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    written = run_txt2img(job)
+    sys.stdout.write(f"wrote {len(written)} images with sidecars to {args.out}\n")
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    if args.model_command == "init-tiny":
+        from pipelines.tiny_bundle import SMOKE_TEST_WARNING, TinyBundleConfig, build_tiny_bundle
+
+        config = TinyBundleConfig(image_size=args.size, metadata=not args.no_metadata, seed=args.seed)
+        path = build_tiny_bundle(args.dir, config, overwrite=args.overwrite)
+        sys.stdout.write(f"tiny bundle written to {path} ({SMOKE_TEST_WARNING})\n")
+        return 0
+    if args.model_command == "info":
+        from pipelines.bundle import ModelCard
+
+        sys.stdout.write(json.dumps(ModelCard.read(args.dir).to_dict(), indent=2) + "\n")
+        return 0
+    raise ValueError("rsgen model: choose an action: init-tiny or info (see `rsgen model --help`)")
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from gen.txt2img_job import Txt2ImgJob, run_txt2img
+    from pipelines.tiny_bundle import build_tiny_bundle
+
+    model_dir = args.out / "tiny-model"
+    if not (model_dir / "rsgen_model.json").is_file():
+        build_tiny_bundle(model_dir, overwrite=True)
+    logger.warning(
+        "quickstart uses a tiny model with RANDOM weights: the images are noise. rsgen has no trained "
+        "default model yet; pass --model to `rsgen txt2img` for real images."
+    )
+    job = Txt2ImgJob(
+        model=str(model_dir),
+        prompt="dense residential area with a river and a bridge",
+        metadata=Metadata(gsd=0.5, lat=52.3676, lon=4.9041, date=parse_date("2021-06-01"), cloud=0.05, sensor="aerial"),
+        num_samples=args.num_samples,
+        batch_size=4,
+        seed=0,
+        steps=20,
+        out=args.out / "images",
+        fmt="geotiff",
+        overwrite=True,
+    )
+    written = run_txt2img(job)
+    sys.stdout.write(
+        f"quickstart: wrote {len(written)} GeoTIFFs + JSON sidecars to {job.out} "
+        "(random-weight smoke-test model: the images are noise)\n"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("diffusers", "transformers", "urllib3", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+    if not args.verbose:  # rsgen shows its own progress bar; hide the libraries' loading bars
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+    handlers = {"txt2img": _cmd_txt2img, "model": _cmd_model, "quickstart": _cmd_quickstart}
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "model" and args.model_command is None:
+        parser.parse_args(["model", "--help"])
+    from pipelines.bundle import BundleError
+
+    try:
+        return handlers[args.command](args)
+    except (BundleError, MetadataError, ValueError, FileExistsError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted; samples already written are complete (atomic writes)")
+        return 130

@@ -1,0 +1,206 @@
+"""Model bundles: a diffusers-layout folder (or hub id) plus ``rsgen_model.json``.
+
+``rsgen_model.json`` says how to condition the model: the metadata fields it was trained with and
+their normalisation, its native size and GSD range, its bands, its class palette and its controls.
+
+Loading is safe by default: safetensors only. Pickled weights (``.bin``, ``.ckpt``, ``.pth`` …) are
+refused unless the caller passes ``allow_pickle=True``; even then diffusers/transformers load them
+with ``torch.load(weights_only=True)``. Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from safetensors import safe_open
+
+from synth_datasets.atomic import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+MODEL_CARD_FILE = "rsgen_model.json"
+CARD_FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt", ".pkl", ".pickle")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, malformed, unsafe or inconsistent."""
+
+
+@dataclass
+class ModelCard:
+    """Contents of ``rsgen_model.json``."""
+
+    name: str
+    pipeline: str = "RSText2ImagePipeline"
+    native_size: tuple[int, int] = (512, 512)  # (height, width) in pixels
+    gsd_range: tuple[float, float] | None = None  # metres per pixel the model was trained on
+    bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    metadata: dict[str, Any] | None = None  # {"fields": [FieldSpec...], "sensors": [...]} or None
+    palette: dict[str, Any] | None = None
+    controls: list[str] = field(default_factory=list)
+    smoke_test: bool = False  # random weights: images are noise
+    description: str = ""
+    license: str = "unknown"
+    format_version: int = CARD_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.native_size = tuple(int(v) for v in self.native_size)  # type: ignore[assignment]
+        if len(self.native_size) != 2 or min(self.native_size) <= 0:
+            raise BundleError(f"{MODEL_CARD_FILE}: native_size={self.native_size!r}: expected [height, width] > 0")
+        if self.gsd_range is not None:
+            low, high = (float(v) for v in self.gsd_range)
+            if not 0 < low <= high:
+                raise BundleError(f"{MODEL_CARD_FILE}: gsd_range={self.gsd_range!r}: expected [min, max], 0 < min <= max")
+            self.gsd_range = (low, high)
+        if self.format_version > CARD_FORMAT_VERSION:
+            raise BundleError(
+                f"{MODEL_CARD_FILE}: format_version={self.format_version} is newer than this rsgen understands "
+                f"({CARD_FORMAT_VERSION}); upgrade rsgen"
+            )
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ModelCard:
+        path = Path(folder) / MODEL_CARD_FILE
+        if not path.is_file():
+            raise BundleError(
+                f"{path} not found: an rsgen model bundle needs {MODEL_CARD_FILE} beside model_index.json; "
+                "build one with `rsgen model init-tiny DIR` or see README 'Model bundles'"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise BundleError(f"{path}: not valid JSON ({err}); fix or regenerate the file") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BundleError(f"{path}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        if "name" not in data:
+            raise BundleError(f"{path}: missing required key 'name'")
+        return cls(**data)
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / MODEL_CARD_FILE
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["native_size"] = list(self.native_size)
+        data["gsd_range"] = list(self.gsd_range) if self.gsd_range else None
+        return data
+
+
+def resolve_bundle(model: str | os.PathLike, *, allow_pickle: bool = False) -> Path:
+    """A local bundle folder for ``model``: the folder itself, or a hub snapshot (needs network)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise BundleError(f"model={str(model)!r} is a file; pass the bundle folder that holds model_index.json")
+        return path
+    if not HUB_ID.match(str(model)):
+        raise BundleError(
+            f"model={str(model)!r}: no such folder, and it is not a hub id of the form 'owner/name'; "
+            "pass an existing bundle folder (`rsgen model init-tiny DIR` makes a smoke-test one)"
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]
+    if allow_pickle:
+        patterns += [f"*{s}" for s in PICKLE_SUFFIXES]
+    try:
+        return Path(snapshot_download(str(model), allow_patterns=patterns))
+    except Exception as err:  # network errors, missing repos, auth: all end the same way for the user
+        raise BundleError(
+            f"model={str(model)!r}: could not fetch it from the hub ({type(err).__name__}: {err}); without "
+            "network access pass a local bundle folder instead"
+        ) from err
+
+
+def check_weight_files(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
+    """Validate the weight files of a bundle; returns the files that will be loaded.
+
+    Every ``.safetensors`` header is parsed (a truncated or non-safetensors file is reported by
+    name). A component folder whose only weights are pickled is refused unless ``allow_pickle``.
+    """
+    weights: list[Path] = []
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(p for p in component.rglob("*") if p.is_file())
+        safetensors = [p for p in files if p.suffix == ".safetensors"]
+        pickled = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+        for path in safetensors:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            except Exception as err:
+                raise BundleError(
+                    f"{path}: corrupt or not a safetensors file ({err}); re-export or re-download this component"
+                ) from None
+        if pickled and not safetensors:
+            if not allow_pickle:
+                names = ", ".join(p.name for p in pickled)
+                raise BundleError(
+                    f"{component}: only pickled weights ({names}). Pickles can run arbitrary code, so rsgen refuses "
+                    "them by default. Convert them to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) "
+                    "if you trust the source; they are then loaded with torch.load(weights_only=True)"
+                )
+            logger.warning("loading pickled weights from %s (weights_only=True)", component)
+            weights += pickled
+        weights += safetensors
+    if not weights:
+        raise BundleError(f"{folder}: no weight files found in any component folder; is this a model bundle?")
+    return weights
+
+
+def weights_sha256(folder: Path, files: list[Path]) -> str:
+    """One sha256 over the weight files' relative paths and contents (provenance of a sample)."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        file_hash = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                file_hash.update(chunk)
+        digest.update(f"{path.relative_to(folder).as_posix()}:{file_hash.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+PipelineT = TypeVar("PipelineT")
+
+
+def load_bundle(
+    pipeline_cls: type[PipelineT],
+    model: str | os.PathLike,
+    *,
+    allow_pickle: bool = False,
+    torch_dtype: Any = None,
+) -> PipelineT:
+    """Load ``pipeline_cls`` from a bundle through diffusers' ``from_pretrained``.
+
+    The returned pipeline carries ``model_card``, ``model_source`` and ``weights_sha256``.
+    """
+    folder = resolve_bundle(model, allow_pickle=allow_pickle)
+    card = ModelCard.read(folder)
+    if not (folder / "model_index.json").is_file():
+        raise BundleError(f"{folder}: model_index.json not found; a bundle is a diffusers-layout folder")
+    files = check_weight_files(folder, allow_pickle=allow_pickle)
+    try:
+        pipe = pipeline_cls.from_pretrained(  # type: ignore[attr-defined]
+            folder, use_safetensors=not allow_pickle, torch_dtype=torch_dtype, trust_remote_code=False
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise BundleError(f"{folder}: diffusers could not load the bundle: {err}") from err
+    pipe.model_card = card
+    pipe.model_source = str(model)
+    pipe.weights_sha256 = weights_sha256(folder, files)
+    logger.info("loaded %s from %s (weights sha256 %s…)", type(pipe).__name__, folder, pipe.weights_sha256[:12])
+    return pipe

@@ -1,0 +1,346 @@
+"""Text + metadata conditioned text-to-image for remote sensing.
+
+Components: ``vae`` (AutoencoderKL), ``text_encoder`` + ``tokenizer`` (CLIP), ``unet``
+(UNet2DConditionModel), ``scheduler`` (any diffusers scheduler) and, optionally,
+``metadata_encoder`` (:class:`conditions.MetadataEncoder`). With a metadata encoder the UNet has
+``class_embed_type="identity"`` and the metadata embedding is added to its time embedding.
+Without one the pipeline runs plain Stable-Diffusion-style bundles.
+
+Classifier-free guidance is joint over text and metadata: the unconditional branch uses the
+negative prompt and the all-unknown (null) metadata.
+
+Reproducibility: pass one ``torch.Generator`` per output image (a list). Image ``i`` then depends
+only on its generator's seed and its inputs, not on the batch it was generated in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from conditions.metadata import Metadata
+from conditions.metadata_encoder import MetadataEncoder
+from pipelines.bundle import load_bundle
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class RSText2ImagePipelineOutput(BaseOutput):
+    """``images``: list of PIL images, (N, H, W, 3) float array in [0, 1], (N, 3, H, W) tensor in
+    [0, 1], or (N, C, h, w) latents, by ``output_type``. ``metadata``: the record used per image."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    metadata: list[Metadata]
+
+
+class RSText2ImagePipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->metadata_encoder->unet->vae"
+    _optional_components = ["metadata_encoder"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        metadata_encoder: MetadataEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        has_class_embedding = unet.config.class_embed_type is not None or unet.config.num_class_embeds
+        if metadata_encoder is not None and unet.config.class_embed_type != "identity":
+            raise ValueError(
+                "metadata_encoder given but unet.config.class_embed_type="
+                f"{unet.config.class_embed_type!r}; a metadata model needs class_embed_type='identity'"
+            )
+        if metadata_encoder is None and has_class_embedding:
+            raise ValueError(
+                f"unet has a class embedding ({unet.config.class_embed_type!r}) but no metadata_encoder was "
+                "given; the bundle is incomplete"
+            )
+        if metadata_encoder is not None:
+            time_dim = unet.config.time_embedding_dim or unet.config.block_out_channels[0] * 4
+            if metadata_encoder.config.embedding_dim != time_dim:
+                raise ValueError(
+                    f"metadata_encoder.embedding_dim={metadata_encoder.config.embedding_dim} must equal the "
+                    f"unet time-embedding size {time_dim}"
+                )
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            metadata_encoder=metadata_encoder,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_bundle(
+        cls, model: str | os.PathLike, *, allow_pickle: bool = False, torch_dtype: torch.dtype | None = None
+    ) -> RSText2ImagePipeline:
+        """Load from an rsgen bundle folder or hub id (safetensors only unless ``allow_pickle``)."""
+        pipe = load_bundle(cls, model, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
+        card_schema = pipe.model_card.metadata
+        encoder_schema = pipe.metadata_encoder.schema() if pipe.metadata_encoder is not None else None
+        if card_schema != encoder_schema:
+            raise ValueError(
+                f"{model}: rsgen_model.json 'metadata' ({card_schema}) disagrees with the metadata_encoder "
+                f"config ({encoder_schema}); regenerate rsgen_model.json from the encoder"
+            )
+        return pipe
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def has_metadata(self) -> bool:
+        return self.metadata_encoder is not None
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (VAE factor × UNet down-sampling)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        card = getattr(self, "model_card", None)
+        if card is not None:
+            return card.native_size
+        side = self.unet.config.sample_size * self.vae_scale_factor
+        return side, side
+
+    # ------------------------------------------------------------------ 1. check inputs
+    def check_inputs(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None,
+        metadata: Metadata | Sequence[Metadata | None] | None,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        output_type: str,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+    ) -> None:
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = prompt
+        else:
+            raise ValueError(f"prompt: expected a string or a non-empty list of strings, got {prompt!r}")
+        batch = len(prompts)
+        if isinstance(metadata, Sequence) and not isinstance(metadata, Metadata):
+            if not all(m is None or isinstance(m, Metadata) for m in metadata):
+                raise TypeError("metadata: expected Metadata records (conditions.Metadata) or None entries")
+            if len(metadata) != batch and batch != 1:
+                raise ValueError(
+                    f"metadata: got {len(metadata)} records for {batch} prompts; pass one record per prompt"
+                )
+            batch = max(batch, len(metadata))
+            records = list(metadata)
+        elif metadata is None or isinstance(metadata, Metadata):
+            records = [metadata]
+        else:
+            raise TypeError(f"metadata: expected conditions.Metadata, a list of them or None, got {type(metadata)}")
+        if not self.has_metadata and any(m is not None and not m.is_unknown for m in records):
+            raise ValueError(
+                "metadata: this model has no metadata conditioning (no metadata_encoder in the bundle), so the "
+                "metadata would be ignored; drop it or use a metadata-conditioned bundle"
+            )
+        if self.has_metadata:
+            self.metadata_encoder.prepare(records)  # raises MetadataError on out-of-schema values
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+                raise ValueError(f"negative_prompt: expected a string or list of strings, got {negative_prompt!r}")
+            if len(negatives) not in (1, batch):
+                raise ValueError(f"negative_prompt: got {len(negatives)} for a batch of {batch} prompts")
+        multiple = self.size_multiple
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % multiple:
+                raise ValueError(
+                    f"{name}={value!r}: must be a positive multiple of {multiple} for this model "
+                    f"(e.g. {max(multiple, (int(value) // multiple) * multiple) if isinstance(value, int) else 256})"
+                )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}: expected an integer >= 1")
+        if not isinstance(guidance_scale, int | float) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale={guidance_scale!r}: expected a number >= 0 (1 disables guidance)")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r}: expected an integer >= 1")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}: expected one of {OUTPUT_TYPES}")
+        total = batch * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != total:
+            raise ValueError(
+                f"generator: got a list of {len(generator)} generators for {total} images; pass one per image "
+                "(batch size × num_images_per_prompt) or a single generator"
+            )
+        if latents is not None:
+            shape = (total, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents: shape {tuple(latents.shape)} does not match the expected {shape}")
+
+    # ------------------------------------------------------------------ 2. encode conditions
+    def encode_prompt(
+        self, prompts: list[str], negative_prompts: list[str], device: torch.device, do_cfg: bool
+    ) -> torch.Tensor:
+        """Returns text embeddings (2B, L, D) as [uncond; cond] with guidance, else (B, L, D)."""
+        texts = negative_prompts + prompts if do_cfg else prompts
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        untruncated = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
+        if untruncated.shape[-1] > tokens.input_ids.shape[-1]:
+            logger.warning(
+                "prompt longer than %d tokens was truncated for the text encoder", self.tokenizer.model_max_length
+            )
+        embeds = self.text_encoder(tokens.input_ids.to(device))[0]  # (nB, L, D)
+        return embeds.to(self.unet.dtype)
+
+    def encode_metadata(
+        self, records: list[Metadata | None], device: torch.device, do_cfg: bool
+    ) -> torch.Tensor | None:
+        """Returns metadata embeddings (2B, E) as [null; cond] with guidance, else (B, E); None without
+        a metadata encoder. The unconditional half is the all-unknown record's embedding."""
+        if not self.has_metadata:
+            return None
+        if do_cfg:
+            records = [None] * len(records) + list(records)
+        prepared = self.metadata_encoder.prepare(records)
+        embeds = self.metadata_encoder(prepared.values, prepared.known, prepared.sensor_ids)  # (nB, E)
+        return embeds.to(device=device, dtype=self.unet.dtype)
+
+    # ------------------------------------------------------------------ 4. latents
+    def prepare_latents(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (N, C, h, w)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def _step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        metadata: Metadata | Sequence[Metadata | None] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> RSText2ImagePipelineOutput | tuple:
+        default_h, default_w = self.default_size
+        height = default_h if height is None else height
+        width = default_w if width is None else width
+
+        # 1. Check inputs
+        self.check_inputs(
+            prompt, negative_prompt, metadata, height, width, num_inference_steps, guidance_scale,
+            num_images_per_prompt, output_type, generator, latents,
+        )  # fmt: skip
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if isinstance(metadata, Metadata) or metadata is None:
+            records: list[Metadata | None] = [metadata] * len(prompts)
+        else:
+            records = list(metadata)
+            if len(prompts) == 1:
+                prompts = prompts * len(records)
+        negatives = [""] if negative_prompt is None else [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        # Repeat per image: prompt i's images are consecutive.
+        n = num_images_per_prompt
+        prompts = [p for p in prompts for _ in range(n)]
+        negatives = [p for p in negatives for _ in range(n)]
+        records = [r for r in records for _ in range(n)]
+        total = len(prompts)
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+
+        # 2. Encode conditions
+        text_embeds = self.encode_prompt(prompts, negatives, device, do_cfg)  # (nB, L, D)
+        metadata_embeds = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
+
+        # 3. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Latents
+        latents = self.prepare_latents(total, height, width, text_embeds.dtype, device, generator, latents)
+        step_kwargs = self._step_kwargs(generator, eta)
+
+        # 5. Denoise
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for t in timesteps:
+                model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                noise = self.unet(
+                    model_in, t, encoder_hidden_states=text_embeds, class_labels=metadata_embeds
+                ).sample  # (nB, C, h, w)
+                if do_cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)  # 2 × (B, C, h, w)
+                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                latents = self.scheduler.step(noise, t, latents, **step_kwargs).prev_sample
+                progress.update()
+
+        # 6. Decode
+        final_records = [r if r is not None else Metadata.unknown() for r in records]
+        if output_type == "latent":
+            images: Any = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, 3, H, W) in [-1, 1]
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, final_records
+        return RSText2ImagePipelineOutput(images=images, metadata=final_records)
