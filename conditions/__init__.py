@@ -1,4 +1,10 @@
-"""Everything that turns user input into conditioning: prompts, metadata, (later) masks and vectors."""
+"""Everything that turns user input into conditioning: prompts, metadata, (later) masks and vectors.
+
+Light modules are imported eagerly; the torch-backed encoder is imported on first use so that
+``rsgen --help`` and metadata validation stay fast.
+"""
+
+from typing import Any
 
 from conditions.metadata import Metadata, MetadataError, parse_date
 from conditions.metadata_adapters import (
@@ -9,7 +15,17 @@ from conditions.metadata_adapters import (
     to_text2earth_prompt,
     web_mercator_gsd,
 )
-from conditions.metadata_encoder import DEFAULT_FIELD_SPECS, FieldSpec, MetadataEncoder, PreparedMetadata
+
+_LAZY = {"DEFAULT_FIELD_SPECS", "FieldSpec", "MetadataEncoder", "PreparedMetadata"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from conditions import metadata_encoder
+
+        return getattr(metadata_encoder, name)
+    raise AttributeError(f"module 'conditions' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_FIELD_SPECS",

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="First-run check: builds a tiny random bundle (until rsgen ships a trained default model) "
         "and runs txt2img with metadata into GeoTIFFs with sidecars. The images are noise.",
     )
-    quick.add_argument("--out", type=Path, default=Path("quickstart-out"), help="output folder (default quickstart-out)")
+    quick.add_argument(
+        "--out", type=Path, default=Path("quickstart-out"), help="output folder (default quickstart-out)"
+    )
     quick.add_argument("-n", "--num-samples", type=int, default=4, help="number of images (default 4)")
     return parser
 

@@ -16,6 +16,8 @@ def sample_seed(job_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def sample_generators(job_seed: int, indices: Iterable[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+def sample_generators(
+    job_seed: int, indices: Iterable[int], device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
     """One seeded ``torch.Generator`` per sample index, for a pipeline's ``generator=`` argument."""
     return [torch.Generator(device=device).manual_seed(sample_seed(job_seed, i)) for i in indices]

@@ -115,7 +115,11 @@ def provenance(job: Txt2ImgJob, pipe: RSText2ImagePipeline, index: int, height: 
         "metadata_conditioned": pipe.has_metadata,
         "height": height,
         "width": width,
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
         "device": str(pipe.device),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -128,7 +132,8 @@ def run_txt2img(job: Txt2ImgJob, pipe: RSText2ImagePipeline | None = None) -> li
     existing = sorted(out.glob("*.json")) if out.exists() else []
     if existing and not job.overwrite:
         raise FileExistsError(
-            f"out={str(out)!r} already holds {len(existing)} sample sidecar(s); pick an empty folder or pass --overwrite"
+            f"out={str(out)!r} already holds {len(existing)} sample sidecar(s); "
+            "pick an empty folder or pass --overwrite"
         )
     if pipe is None:
         pipe = load_pipeline(job.model, allow_pickle=job.allow_pickle, device=job.device)

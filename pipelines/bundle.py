@@ -59,7 +59,9 @@ class ModelCard:
         if self.gsd_range is not None:
             low, high = (float(v) for v in self.gsd_range)
             if not 0 < low <= high:
-                raise BundleError(f"{MODEL_CARD_FILE}: gsd_range={self.gsd_range!r}: expected [min, max], 0 < min <= max")
+                raise BundleError(
+                    f"{MODEL_CARD_FILE}: gsd_range={self.gsd_range!r}: expected [min, max], 0 < min <= max"
+                )
             self.gsd_range = (low, high)
         if self.format_version > CARD_FORMAT_VERSION:
             raise BundleError(
@@ -195,7 +197,7 @@ def load_bundle(
     files = check_weight_files(folder, allow_pickle=allow_pickle)
     try:
         pipe = pipeline_cls.from_pretrained(  # type: ignore[attr-defined]
-            folder, use_safetensors=not allow_pickle, torch_dtype=torch_dtype, trust_remote_code=False
+            folder, use_safetensors=None if allow_pickle else True, torch_dtype=torch_dtype, trust_remote_code=False
         )
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise BundleError(f"{folder}: diffusers could not load the bundle: {err}") from err

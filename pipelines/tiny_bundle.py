@@ -94,6 +94,7 @@ def build_tiny_pipeline(config: TinyBundleConfig = TinyBundleConfig()) -> RSText
         beta_schedule="scaled_linear",
         algorithm_type="dpmsolver++",
         solver_order=2,
+        steps_offset=1,
     )
     pipe = RSText2ImagePipeline(
         vae=vae,

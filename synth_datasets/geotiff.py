@@ -31,8 +31,8 @@ class GeoReference:
 
     def bounds(self, height: int, width: int) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in CRS units."""
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (width, height)
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (width, height)
         return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
 
 

@@ -77,9 +77,7 @@ def write_image_sample(
         PIL.Image.fromarray(array).save(buffer, format="PNG")
         atomic_write_bytes(image_path, buffer.getvalue())
     else:
-        write_geotiff(
-            image_path, array, georef, descriptions=RGB_DESCRIPTIONS, tags={"rsgen_provenance": provenance}
-        )
+        write_geotiff(image_path, array, georef, descriptions=RGB_DESCRIPTIONS, tags={"rsgen_provenance": provenance})
     sidecar = dict(provenance)
     sidecar["file"] = image_path.name
     sidecar["sha256"] = sha256_file(image_path)

@@ -196,7 +196,12 @@ class RSText2ImagePipeline(DiffusionPipeline):
                 "(batch size × num_images_per_prompt) or a single generator"
             )
         if latents is not None:
-            shape = (total, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            shape = (
+                total,
+                self.unet.config.in_channels,
+                height // self.vae_scale_factor,
+                width // self.vae_scale_factor,
+            )
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents: shape {tuple(latents.shape)} does not match the expected {shape}")
 
@@ -295,7 +300,13 @@ class RSText2ImagePipeline(DiffusionPipeline):
             records = list(metadata)
             if len(prompts) == 1:
                 prompts = prompts * len(records)
-        negatives = [""] if negative_prompt is None else [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        negatives = (
+            [""]
+            if negative_prompt is None
+            else [negative_prompt]
+            if isinstance(negative_prompt, str)
+            else list(negative_prompt)
+        )
         if len(negatives) == 1:
             negatives = negatives * len(prompts)
         # Repeat per image: prompt i's images are consecutive.

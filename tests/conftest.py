@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random bundles saved and loaded through the real bundle path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RSGEN_NO_PROGRESS", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from pipelines import RSText2ImagePipeline  # noqa: E402
+from pipelines.tiny_bundle import TinyBundleConfig, build_tiny_bundle  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_SIZE = 64  # tiny bundles' native size in tests: 8×8 latents
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ../shared/data, or skip the test when the shared data is not beside the repo."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny", TinyBundleConfig(image_size=TEST_SIZE))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_nometa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = TinyBundleConfig(image_size=TEST_SIZE, metadata=False)
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-nometa", config)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_bundle: Path) -> RSText2ImagePipeline:
+    pipe = RSText2ImagePipeline.from_bundle(tiny_bundle)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_nometa(tiny_bundle_nometa: Path) -> RSText2ImagePipeline:
+    pipe = RSText2ImagePipeline.from_bundle(tiny_bundle_nometa)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
