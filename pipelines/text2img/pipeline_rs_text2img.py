@@ -35,6 +35,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from conditions.metadata import Metadata
 from conditions.metadata_encoder import MetadataEncoder
 from pipelines.bundle import load_bundle
+from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class RSText2ImagePipelineOutput(BaseOutput):
     metadata: list[Metadata]
 
 
-class RSText2ImagePipeline(DiffusionPipeline):
+class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->metadata_encoder->unet->vae"
     _optional_components = ["metadata_encoder"]
 
@@ -64,24 +65,7 @@ class RSText2ImagePipeline(DiffusionPipeline):
         metadata_encoder: MetadataEncoder | None = None,
     ) -> None:
         super().__init__()
-        has_class_embedding = unet.config.class_embed_type is not None or unet.config.num_class_embeds
-        if metadata_encoder is not None and unet.config.class_embed_type != "identity":
-            raise ValueError(
-                "metadata_encoder given but unet.config.class_embed_type="
-                f"{unet.config.class_embed_type!r}; a metadata model needs class_embed_type='identity'"
-            )
-        if metadata_encoder is None and has_class_embedding:
-            raise ValueError(
-                f"unet has a class embedding ({unet.config.class_embed_type!r}) but no metadata_encoder was "
-                "given; the bundle is incomplete"
-            )
-        if metadata_encoder is not None:
-            time_dim = unet.config.time_embedding_dim or unet.config.block_out_channels[0] * 4
-            if metadata_encoder.config.embedding_dim != time_dim:
-                raise ValueError(
-                    f"metadata_encoder.embedding_dim={metadata_encoder.config.embedding_dim} must equal the "
-                    f"unet time-embedding size {time_dim}"
-                )
+        check_metadata_components(unet, metadata_encoder)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -109,10 +93,6 @@ class RSText2ImagePipeline(DiffusionPipeline):
         return pipe
 
     # ------------------------------------------------------------------ properties
-    @property
-    def has_metadata(self) -> bool:
-        return self.metadata_encoder is not None
-
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (VAE factor × UNet down-sampling)."""
@@ -206,38 +186,6 @@ class RSText2ImagePipeline(DiffusionPipeline):
                 raise ValueError(f"latents: shape {tuple(latents.shape)} does not match the expected {shape}")
 
     # ------------------------------------------------------------------ 2. encode conditions
-    def encode_prompt(
-        self, prompts: list[str], negative_prompts: list[str], device: torch.device, do_cfg: bool
-    ) -> torch.Tensor:
-        """Returns text embeddings (2B, L, D) as [uncond; cond] with guidance, else (B, L, D)."""
-        texts = negative_prompts + prompts if do_cfg else prompts
-        tokens = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        untruncated = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
-        if untruncated.shape[-1] > tokens.input_ids.shape[-1]:
-            logger.warning(
-                "prompt longer than %d tokens was truncated for the text encoder", self.tokenizer.model_max_length
-            )
-        embeds = self.text_encoder(tokens.input_ids.to(device))[0]  # (nB, L, D)
-        return embeds.to(self.unet.dtype)
-
-    def encode_metadata(
-        self, records: list[Metadata | None], device: torch.device, do_cfg: bool
-    ) -> torch.Tensor | None:
-        """Returns metadata embeddings (2B, E) as [null; cond] with guidance, else (B, E); None without
-        a metadata encoder. The unconditional half is the all-unknown record's embedding."""
-        if not self.has_metadata:
-            return None
-        if do_cfg:
-            records = [None] * len(records) + list(records)
-        prepared = self.metadata_encoder.prepare(records)
-        embeds = self.metadata_encoder(prepared.values, prepared.known, prepared.sensor_ids)  # (nB, E)
-        return embeds.to(device=device, dtype=self.unet.dtype)
 
     # ------------------------------------------------------------------ 4. latents
     def prepare_latents(

@@ -1,0 +1,77 @@
+"""Text and metadata conditioning shared by rsgen pipelines."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from conditions.metadata import Metadata
+from conditions.metadata_encoder import MetadataEncoder
+
+logger = logging.getLogger(__name__)
+
+
+def check_metadata_components(unet: UNet2DConditionModel, metadata_encoder: MetadataEncoder | None) -> None:
+    """A metadata encoder goes with ``class_embed_type='identity'`` and the UNet's time-embedding size."""
+    has_class_embedding = unet.config.class_embed_type is not None or unet.config.num_class_embeds
+    if metadata_encoder is not None and unet.config.class_embed_type != "identity":
+        raise ValueError(
+            "metadata_encoder given but unet.config.class_embed_type="
+            f"{unet.config.class_embed_type!r}; a metadata model needs class_embed_type='identity'"
+        )
+    if metadata_encoder is None and has_class_embedding:
+        raise ValueError(
+            f"unet has a class embedding ({unet.config.class_embed_type!r}) but no metadata_encoder was "
+            "given; the bundle is incomplete"
+        )
+    if metadata_encoder is not None:
+        time_dim = unet.config.time_embedding_dim or unet.config.block_out_channels[0] * 4
+        if metadata_encoder.config.embedding_dim != time_dim:
+            raise ValueError(
+                f"metadata_encoder.embedding_dim={metadata_encoder.config.embedding_dim} must equal the "
+                f"unet time-embedding size {time_dim}"
+            )
+
+
+class TextMetadataConditioningMixin:
+    """``encode_prompt`` / ``encode_metadata`` for pipelines with tokenizer, text_encoder, unet and an
+    optional metadata_encoder."""
+
+    @property
+    def has_metadata(self) -> bool:
+        return self.metadata_encoder is not None
+
+    def encode_prompt(
+        self, prompts: list[str], negative_prompts: list[str], device: torch.device, do_cfg: bool
+    ) -> torch.Tensor:
+        """Returns text embeddings (2B, L, D) as [uncond; cond] with guidance, else (B, L, D)."""
+        texts = negative_prompts + prompts if do_cfg else prompts
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        untruncated = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
+        if untruncated.shape[-1] > tokens.input_ids.shape[-1]:
+            logger.warning(
+                "prompt longer than %d tokens was truncated for the text encoder", self.tokenizer.model_max_length
+            )
+        embeds = self.text_encoder(tokens.input_ids.to(device))[0]  # (nB, L, D)
+        return embeds.to(self.unet.dtype)
+
+    def encode_metadata(
+        self, records: list[Metadata | None], device: torch.device, do_cfg: bool
+    ) -> torch.Tensor | None:
+        """Returns metadata embeddings (2B, E) as [null; cond] with guidance, else (B, E); None without
+        a metadata encoder. The unconditional half is the all-unknown record's embedding."""
+        if not self.has_metadata:
+            return None
+        if do_cfg:
+            records = [None] * len(records) + list(records)
+        prepared = self.metadata_encoder.prepare(records)
+        embeds = self.metadata_encoder(prepared.values, prepared.known, prepared.sensor_ids)  # (nB, E)
+        return embeds.to(device=device, dtype=self.unet.dtype)
