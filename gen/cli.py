@@ -86,6 +86,39 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--allow-pickle", action="store_true", help="allow pickled .bin/.ckpt weights (unsafe)")
     t2i.add_argument("--overwrite", action="store_true", help="write into a folder that already holds samples")
 
+    sr = sub.add_parser(
+        "sr",
+        help="reference-guided super-resolution of a raster into a georeferenced GeoTIFF",
+        description="Super-resolve an LR raster (any band count, uint8/uint16/float) by --scale, optionally "
+        "guided by a high-resolution reference of the same place. Output: GeoTIFF with the LR's CRS, the "
+        "transform refined by the scale, band descriptions, nodata and dtype carried through, and a JSON sidecar.",
+        epilog="example:\n  rsgen sr --model models/sr --lr s2.tif --bands 1,2,3 --ref naip.tif "
+        "--ref-strength 0.6 --scale 4 --out hr.tif --tile 256 --overlap 32",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sr.add_argument("--model", help="SR bundle folder or hub id (`rsgen model init-tiny DIR --sr` for a smoke test)")
+    sr.add_argument("--lr", required=True, type=Path, help="low-resolution raster (GeoTIFF or any GDAL raster)")
+    sr.add_argument("--bands", help="1-based LR bands feeding the model, e.g. 4,3,2 (default: the first N)")
+    sr.add_argument("--scale", required=True, type=float, help="scale factor >= 1 (2, 4, 6, 8, 10, ...)")
+    sr.add_argument("--ref", type=Path, help="high-resolution reference raster of the same place")
+    sr.add_argument("--ref-bands", help="1-based reference bands (default: the first N)")
+    sr.add_argument("--ref-strength", type=float, default=0.5, help="trust in the reference, 0 = ignore (0.5)")
+    sr.add_argument("--ref-strength-map", type=Path, help="per-pixel strength raster covering the LR footprint")
+    sr.add_argument("--prompt", default="", help="optional text prompt")
+    sr.add_argument("--tile", type=int, help="tile size in output pixels (default: the model's native size)")
+    sr.add_argument("--overlap", type=int, default=32, help="tile overlap in output pixels (default 32)")
+    sr.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    sr.add_argument("--guidance", type=float, default=1.0, help="text guidance scale (default 1 = off)")
+    sr.add_argument("--seed", type=int, default=0, help="job seed; tile k uses a seed derived from (seed, k)")
+    sr.add_argument(
+        "--radiometry", default="auto", choices=("auto", "uint8", "reflectance", "float"),
+        help="value scaling: auto (by dtype), uint8 (/255), reflectance (/10000), float (already 0..1)",
+    )  # fmt: skip
+    sr.add_argument("--out", required=True, type=Path, help="output GeoTIFF (*.tif)")
+    sr.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    sr.add_argument("--allow-pickle", action="store_true", help="allow pickled .bin/.ckpt weights (unsafe)")
+    sr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
     model = sub.add_parser("model", help="create and inspect model bundles")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
     tiny = model_sub.add_parser(
@@ -97,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", type=Path, help="folder to create")
     tiny.add_argument("--size", type=int, default=256, help="native image size in pixels (default 256)")
     tiny.add_argument("--no-metadata", action="store_true", help="no metadata encoder (plain SD layout)")
+    tiny.add_argument("--sr", action="store_true", help="build a super-resolution bundle (LR + reference control)")
+    tiny.add_argument("--bands", default="red,green,blue", help="band names of an --sr bundle (default red,green,blue)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     info = model_sub.add_parser("info", help="print a bundle's rsgen_model.json")
@@ -143,11 +178,32 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sr(args: argparse.Namespace) -> int:
+    from gen.sr_job import SRJob, run_sr
+
+    if not args.model:
+        raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --sr"))
+    job = SRJob(
+        model=args.model, lr=args.lr, out=args.out, scale=args.scale, bands=args.bands, ref=args.ref,
+        ref_bands=args.ref_bands, ref_strength=args.ref_strength, ref_strength_map=args.ref_strength_map,
+        prompt=args.prompt, tile=args.tile, overlap=args.overlap, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, radiometry=args.radiometry, allow_pickle=args.allow_pickle, device=args.device,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    path = run_sr(job)
+    sys.stdout.write(f"wrote {path} and {path.with_suffix('.json').name}\n")
+    return 0
+
+
 def _cmd_model(args: argparse.Namespace) -> int:
     if args.model_command == "init-tiny":
-        from pipelines.tiny_bundle import SMOKE_TEST_WARNING, TinyBundleConfig, build_tiny_bundle
+        from pipelines.tiny_bundle import SMOKE_TEST_WARNING, TinyBundleConfig, TinySRBundleConfig, build_tiny_bundle
 
-        config = TinyBundleConfig(image_size=args.size, metadata=not args.no_metadata, seed=args.seed)
+        if args.sr:
+            bands = tuple(b.strip() for b in args.bands.split(",") if b.strip())
+            config = TinySRBundleConfig(tile_size=args.size, bands=bands, seed=args.seed)
+        else:
+            config = TinyBundleConfig(image_size=args.size, metadata=not args.no_metadata, seed=args.seed)
         path = build_tiny_bundle(args.dir, config, overwrite=args.overwrite)
         sys.stdout.write(f"tiny bundle written to {path} ({SMOKE_TEST_WARNING})\n")
         return 0
@@ -204,17 +260,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-    handlers = {"txt2img": _cmd_txt2img, "model": _cmd_model, "quickstart": _cmd_quickstart}
+    handlers = {"txt2img": _cmd_txt2img, "sr": _cmd_sr, "model": _cmd_model, "quickstart": _cmd_quickstart}
     if args.command is None:
         parser.print_help()
         return 2
     if args.command == "model" and args.model_command is None:
         parser.parse_args(["model", "--help"])
+    from conditions.raster_input import RasterInputError
     from pipelines.bundle import BundleError
 
     try:
         return handlers[args.command](args)
-    except (BundleError, MetadataError, ValueError, FileExistsError, FileNotFoundError) as err:
+    except (BundleError, MetadataError, RasterInputError, ValueError, FileExistsError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
     except KeyboardInterrupt:

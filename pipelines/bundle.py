@@ -194,6 +194,11 @@ def load_bundle(
     card = ModelCard.read(folder)
     if not (folder / "model_index.json").is_file():
         raise BundleError(f"{folder}: model_index.json not found; a bundle is a diffusers-layout folder")
+    if card.pipeline != pipeline_cls.__name__:
+        raise BundleError(
+            f"{folder}: this bundle is a {card.pipeline} (rsgen_model.json 'pipeline'), not a {pipeline_cls.__name__}; "
+            "use the command for that task or a bundle built for this one"
+        )
     files = check_weight_files(folder, allow_pickle=allow_pickle)
     try:
         pipe = pipeline_cls.from_pretrained(  # type: ignore[attr-defined]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -33,6 +35,17 @@ def check_metadata_components(unet: UNet2DConditionModel, metadata_encoder: Meta
                 f"metadata_encoder.embedding_dim={metadata_encoder.config.embedding_dim} must equal the "
                 f"unet time-embedding size {time_dim}"
             )
+
+
+def scheduler_step_kwargs(scheduler: Any, generator: Any, eta: float = 0.0) -> dict[str, Any]:
+    """The ``eta``/``generator`` keyword arguments that ``scheduler.step`` accepts (they differ by scheduler)."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
 
 
 class TextMetadataConditioningMixin:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from conditions.metadata_encoder import MetadataEncoder
 from pipelines.bundle import BundleError, ModelCard
+from pipelines.super_resolution.pipeline_rs_sr import RSSuperResolutionPipeline
 from pipelines.text2img.pipeline_rs_text2img import RSText2ImagePipeline
 from pipelines.tiny_tokenizer import build_tiny_clip_tokenizer
 
@@ -38,56 +39,20 @@ class TinyBundleConfig:
     seed: int = 0
 
 
-def build_tiny_pipeline(config: TinyBundleConfig = TinyBundleConfig()) -> RSText2ImagePipeline:
-    """Assemble a tiny text(+metadata)-to-image pipeline with seeded random weights."""
-    if config.image_size % 16:
-        raise ValueError(f"image_size={config.image_size}: expected a multiple of 16 (VAE ×8, UNet ×2)")
-    tokenizer = build_tiny_clip_tokenizer()
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        unet_time_dim = config.unet_channels[0] * 4
-        unet = UNet2DConditionModel(
-            sample_size=config.image_size // 8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=config.unet_channels,
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=config.text_hidden,
-            attention_head_dim=8,
-            norm_num_groups=32,
-            class_embed_type="identity" if config.metadata else None,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(config.vae_channels),
-            up_block_types=("UpDecoderBlock2D",) * len(config.vae_channels),
-            block_out_channels=config.vae_channels,
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=32,
-            sample_size=config.image_size,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=config.text_hidden,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=tokenizer.model_max_length,
-                projection_dim=config.text_hidden,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-        metadata_encoder = (
-            MetadataEncoder(embedding_dim=unet_time_dim, frequency_dim=64, hidden_dim=64) if config.metadata else None
-        )
-    scheduler = DPMSolverMultistepScheduler(
+@dataclass(frozen=True)
+class TinySRBundleConfig:
+    """A tiny reference-guided SR bundle: LR latent concatenated to the UNet input, reference ControlNet."""
+
+    tile_size: int = 256  # native tile size in pixels
+    bands: tuple[str, ...] = ("red", "green", "blue")
+    unet_channels: tuple[int, int] = (32, 64)
+    vae_channels: tuple[int, int, int, int] = (32, 32, 64, 64)
+    text_hidden: int = 32
+    seed: int = 0
+
+
+def _tiny_scheduler() -> DPMSolverMultistepScheduler:
+    return DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
@@ -96,12 +61,111 @@ def build_tiny_pipeline(config: TinyBundleConfig = TinyBundleConfig()) -> RSText
         solver_order=2,
         steps_offset=1,
     )
+
+
+def _tiny_text_encoder(tokenizer, hidden: int) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            projection_dim=hidden,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _tiny_vae(channels: tuple[int, ...], bands: int, size: int) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=bands,
+        out_channels=bands,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=size,
+    )
+
+
+def _tiny_unet(config: TinyBundleConfig | TinySRBundleConfig, size: int, in_channels: int, class_embed_type):
+    return UNet2DConditionModel(
+        sample_size=size // 8,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=config.unet_channels,
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=config.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        class_embed_type=class_embed_type,
+    )
+
+
+def build_tiny_sr_pipeline(config: TinySRBundleConfig = TinySRBundleConfig()) -> RSSuperResolutionPipeline:
+    """Assemble a tiny reference-guided SR pipeline with seeded random weights."""
+    if config.tile_size % 16:
+        raise ValueError(f"tile_size={config.tile_size}: expected a multiple of 16 (VAE ×8, UNet ×2)")
+    tokenizer = build_tiny_clip_tokenizer()
+    bands = len(config.bands)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        unet = _tiny_unet(config, config.tile_size, in_channels=8, class_embed_type=None)
+        vae = _tiny_vae(config.vae_channels, bands, config.tile_size)
+        text_encoder = _tiny_text_encoder(tokenizer, config.text_hidden)
+        controlnet = ControlNetModel.from_unet(
+            unet, conditioning_channels=bands, conditioning_embedding_out_channels=(16, 32, 64, 64)
+        )
+        # A trained ControlNet starts from zero convolutions; a smoke bundle randomises them so that the
+        # reference path has a visible effect in tests.
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            torch.nn.init.normal_(conv.weight, std=0.05)
+    pipe = RSSuperResolutionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+        scheduler=_tiny_scheduler(), metadata_encoder=None,
+    )  # fmt: skip
+    pipe.model_card = ModelCard(
+        name="rsgen-tiny-random-sr",
+        pipeline="RSSuperResolutionPipeline",
+        native_size=(config.tile_size, config.tile_size),
+        bands=list(config.bands),
+        controls=["reference"],
+        smoke_test=True,
+        description=f"Tiny reference-guided SR bundle with {SMOKE_TEST_WARNING}. "
+        "Built by `rsgen model init-tiny --sr`.",
+        license="Apache-2.0",
+    )
+    return pipe
+
+
+def build_tiny_pipeline(config: TinyBundleConfig = TinyBundleConfig()) -> RSText2ImagePipeline:
+    """Assemble a tiny text(+metadata)-to-image pipeline with seeded random weights."""
+    if config.image_size % 16:
+        raise ValueError(f"image_size={config.image_size}: expected a multiple of 16 (VAE ×8, UNet ×2)")
+    tokenizer = build_tiny_clip_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        unet_time_dim = config.unet_channels[0] * 4
+        unet = _tiny_unet(config, config.image_size, 4, "identity" if config.metadata else None)
+        vae = _tiny_vae(config.vae_channels, 3, config.image_size)
+        text_encoder = _tiny_text_encoder(tokenizer, config.text_hidden)
+        metadata_encoder = (
+            MetadataEncoder(embedding_dim=unet_time_dim, frequency_dim=64, hidden_dim=64) if config.metadata else None
+        )
     pipe = RSText2ImagePipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_tiny_scheduler(),
         metadata_encoder=metadata_encoder,
     )
     pipe.model_card = tiny_model_card(config, metadata_encoder)
@@ -121,14 +185,18 @@ def tiny_model_card(config: TinyBundleConfig, metadata_encoder: MetadataEncoder 
 
 
 def build_tiny_bundle(
-    out_dir: str | os.PathLike, config: TinyBundleConfig = TinyBundleConfig(), *, overwrite: bool = False
+    out_dir: str | os.PathLike,
+    config: TinyBundleConfig | TinySRBundleConfig = TinyBundleConfig(),
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Build a tiny random bundle and save it to ``out_dir`` (atomically: built beside, then renamed)."""
+    """Build a tiny random bundle (text-to-image, or SR for a :class:`TinySRBundleConfig`) and save it
+    to ``out_dir`` atomically (built beside it, then renamed)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise BundleError(f"out_dir={str(out_dir)!r} exists and is not empty; pick a new folder or pass overwrite")
-    pipe = build_tiny_pipeline(config)
+    pipe = build_tiny_sr_pipeline(config) if isinstance(config, TinySRBundleConfig) else build_tiny_pipeline(config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".rsgen-tmp-bundle-", dir=out_dir.parent))
     try:

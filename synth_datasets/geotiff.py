@@ -6,8 +6,11 @@ up, pixel size = gsd metres, centred on the point.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from pyproj import CRS, Transformer
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine, from_origin
 
 from synth_datasets.atomic import atomic_path
@@ -103,3 +107,45 @@ def write_geotiff(
             if tags:
                 dst.update_tags(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()})
     return Path(path)
+
+
+@contextlib.contextmanager
+def geotiff_window_writer(
+    path: str | os.PathLike,
+    *,
+    width: int,
+    height: int,
+    count: int,
+    dtype: str,
+    crs: CRS | None,
+    transform: Affine,
+    nodata: float | None = None,
+    descriptions: list[str | None] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> Iterator[rasterio.io.DatasetWriter]:
+    """Open a tiled GeoTIFF to be written window by window; it appears under ``path`` only when the
+    body finishes (atomic), so a killed run never leaves a partial raster there."""
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if width >= 256 and height >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for index, text in enumerate(descriptions or (), start=1):
+                    if text:
+                        dst.set_band_description(index, text)
+                if tags:
+                    dst.update_tags(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()})
+                yield dst

@@ -15,7 +15,6 @@ only on its generator's seed and its inputs, not on the batch it was generated i
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from conditions.metadata import Metadata
 from conditions.metadata_encoder import MetadataEncoder
 from pipelines.bundle import load_bundle
-from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components
+from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -205,15 +204,6 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
-    def _step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
-        params = set(inspect.signature(self.scheduler.step).parameters)
-        kwargs: dict[str, Any] = {}
-        if "eta" in params:
-            kwargs["eta"] = eta
-        if "generator" in params:
-            kwargs["generator"] = generator
-        return kwargs
-
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
@@ -276,7 +266,7 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
         # 4. Latents
         latents = self.prepare_latents(total, height, width, text_embeds.dtype, device, generator, latents)
-        step_kwargs = self._step_kwargs(generator, eta)
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator, eta)
 
         # 5. Denoise
         with self.progress_bar(total=len(timesteps)) as progress:

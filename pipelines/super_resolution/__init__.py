@@ -1,0 +1,3 @@
+from pipelines.super_resolution.pipeline_rs_sr import RSSuperResolutionPipeline, RSSuperResolutionPipelineOutput
+
+__all__ = ["RSSuperResolutionPipeline", "RSSuperResolutionPipelineOutput"]

@@ -1,0 +1,274 @@
+"""Reference-guided super-resolution (CRefDiff / DiffusionSat style), on tensors.
+
+Inputs are already on the output grid: ``image`` is the LR resampled (e.g. bicubic) to the HR
+size, ``reference`` the HR reference warped to the same grid. The pipeline
+
+* encodes ``image`` with the VAE and concatenates that latent to the noisy latent at every step
+  (UNet ``in_channels = 2 × latent_channels``), as Stable Diffusion's ×4 upscaler conditions on its
+  LR input;
+* runs the reference through a ControlNet whose residuals are multiplied by the reference
+  strength — a scalar or a per-pixel map resized to each residual's resolution. Strength 0 (or no
+  reference) skips the ControlNet entirely, so the output does not depend on the reference;
+* guides over text and metadata only (the LR latent is in both branches).
+
+Band count is the bundle's: the VAE's in/out channels and the ControlNet's conditioning channels
+equal ``len(model_card.bands)``. File I/O, tiling and georeferencing live in ``gen.sr_job``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from conditions.metadata import Metadata
+from conditions.metadata_encoder import MetadataEncoder
+from pipelines.bundle import load_bundle
+from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+
+@dataclass
+class RSSuperResolutionPipelineOutput(BaseOutput):
+    """``images``: (B, H, W, C) float array in [0, 1] (``np``), (B, C, H, W) tensor (``pt``), PIL
+    images (3-band bundles only) or latents."""
+
+    images: np.ndarray | torch.Tensor | list[PIL.Image.Image]
+
+
+class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->metadata_encoder->vae->controlnet->unet->vae"
+    _optional_components = ["metadata_encoder"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        controlnet: ControlNetModel,
+        scheduler: KarrasDiffusionSchedulers,
+        metadata_encoder: MetadataEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        check_metadata_components(unet, metadata_encoder)
+        latent = vae.config.latent_channels
+        if unet.config.in_channels != 2 * latent or unet.config.out_channels != latent:
+            raise ValueError(
+                f"unet in/out channels {unet.config.in_channels}/{unet.config.out_channels}: an SR unet takes the "
+                f"noisy latent plus the LR latent ({2 * latent}) and predicts {latent} channels"
+            )
+        if controlnet.config.conditioning_channels != vae.config.in_channels:
+            raise ValueError(
+                f"controlnet.conditioning_channels={controlnet.config.conditioning_channels} must equal the "
+                f"number of bands {vae.config.in_channels}"
+            )
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+            metadata_encoder=metadata_encoder,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_bundle(
+        cls, model: str | os.PathLike, *, allow_pickle: bool = False, torch_dtype: torch.dtype | None = None
+    ) -> RSSuperResolutionPipeline:
+        pipe = load_bundle(cls, model, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
+        if len(pipe.model_card.bands) != pipe.num_bands:
+            raise ValueError(
+                f"{model}: rsgen_model.json lists {len(pipe.model_card.bands)} bands but the VAE takes {pipe.num_bands}"
+            )
+        return pipe
+
+    @property
+    def num_bands(self) -> int:
+        return self.vae.config.in_channels
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ 1. check inputs
+    def check_inputs(
+        self,
+        image: torch.Tensor,
+        reference: torch.Tensor | None,
+        reference_strength: float | torch.Tensor,
+        prompt: str | list[str],
+        metadata: Metadata | Sequence[Metadata | None] | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        output_type: str,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> None:
+        if not isinstance(image, torch.Tensor) or image.ndim != 4:
+            raise ValueError(f"image: expected a (B, bands, H, W) tensor, got {getattr(image, 'shape', type(image))}")
+        batch, bands, height, width = image.shape
+        if bands != self.num_bands:
+            raise ValueError(
+                f"image: has {bands} band(s) but this model takes {self.num_bands}; map bands with --bands"
+            )
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(
+                f"image: size {height}x{width} must be a multiple of {self.size_multiple}; tile or pad the input"
+            )
+        if not torch.isfinite(image).all():
+            raise ValueError("image: contains NaN or infinite values; fill nodata before calling the pipeline")
+        if reference is not None and tuple(reference.shape) != tuple(image.shape):
+            raise ValueError(
+                f"reference: shape {tuple(reference.shape)} must equal the image's {tuple(image.shape)} "
+                "(warp the reference to the output grid first)"
+            )
+        if isinstance(reference_strength, torch.Tensor):
+            if tuple(reference_strength.shape) != (batch, 1, height, width):
+                raise ValueError(
+                    f"reference_strength: a map must have shape {(batch, 1, height, width)}, "
+                    f"got {tuple(reference_strength.shape)}"
+                )
+            if not torch.isfinite(reference_strength).all() or (reference_strength < 0).any():
+                raise ValueError("reference_strength: the map must be finite and >= 0")
+        elif not isinstance(reference_strength, int | float) or not reference_strength >= 0:
+            raise ValueError(f"reference_strength={reference_strength!r}: expected a number >= 0 (0 = ignore)")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or len(prompts) not in (1, batch):
+            raise ValueError(f"prompt: expected a string or one per image ({batch}), got {prompt!r}")
+        records = metadata if isinstance(metadata, Sequence) else [metadata]
+        if not self.has_metadata and any(m is not None and not m.is_unknown for m in records):
+            raise ValueError("metadata: this model has no metadata conditioning; drop it")
+        if self.has_metadata:
+            self.metadata_encoder.prepare(list(records))
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}: expected an integer >= 1")
+        if not isinstance(guidance_scale, int | float) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale={guidance_scale!r}: expected a number >= 0 (1 disables guidance)")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}: expected one of {OUTPUT_TYPES}")
+        if output_type == "pil" and bands != 3:
+            raise ValueError(f"output_type='pil' needs 3 bands, this model has {bands}; use 'np'")
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"generator: got {len(generator)} generators for {batch} images; pass one per image")
+
+    def _scaled_residual(self, residual: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
+        if isinstance(strength, torch.Tensor):
+            resized = F.interpolate(strength, size=residual.shape[-2:], mode="area")  # (nB, 1, h, w)
+            return residual * resized.to(residual.dtype)
+        return residual * strength
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: torch.Tensor,
+        reference: torch.Tensor | None = None,
+        reference_strength: float | torch.Tensor = 0.5,
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = None,
+        metadata: Metadata | Sequence[Metadata | None] | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ) -> RSSuperResolutionPipelineOutput | tuple:
+        # 1. Check inputs
+        self.check_inputs(
+            image, reference, reference_strength, prompt, metadata, num_inference_steps, guidance_scale,
+            output_type, generator,
+        )  # fmt: skip
+        batch = image.shape[0]
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        if negative_prompt is None or isinstance(negative_prompt, str):
+            negatives = [negative_prompt or ""] * batch
+        else:
+            negatives = list(negative_prompt)
+        records = list(metadata) if isinstance(metadata, Sequence) else [metadata] * batch
+        if isinstance(reference_strength, torch.Tensor):
+            use_reference = reference is not None and bool((reference_strength > 0).any())
+        else:
+            use_reference = reference is not None and reference_strength > 0
+
+        # 2. Encode conditions: text, metadata, the LR latent
+        text_embeds = self.encode_prompt(prompts, negatives, device, do_cfg)  # (nB, L, D)
+        metadata_embeds = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
+        dtype = self.unet.dtype
+        lr = image.to(device=device, dtype=self.vae.dtype) * 2 - 1  # (B, bands, H, W) in [-1, 1]
+        lr_latent = self.vae.encode(lr).latent_dist.mode() * self.vae.config.scaling_factor  # (B, C, h, w)
+        lr_latent = torch.cat([lr_latent] * 2) if do_cfg else lr_latent  # (nB, C, h, w)
+        if use_reference:
+            ref = reference.to(device=device, dtype=dtype)  # (B, bands, H, W) in [0, 1]
+            ref = torch.cat([ref] * 2) if do_cfg else ref
+            strength = reference_strength
+            if isinstance(strength, torch.Tensor):
+                strength = strength.to(device)
+                strength = torch.cat([strength] * 2) if do_cfg else strength  # (nB, 1, H, W)
+
+        # 3. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+
+        # 4. Latents
+        shape = (batch, self.vae.config.latent_channels, lr_latent.shape[-2], lr_latent.shape[-1])
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
+        latents = latents * self.scheduler.init_noise_sigma
+
+        # 5. Denoise
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as progress:
+            for t in self.scheduler.timesteps:
+                model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                model_in = torch.cat([model_in, lr_latent.to(dtype)], dim=1)  # (nB, 2C, h, w)
+                down, mid = None, None
+                if use_reference:
+                    down, mid = self.controlnet(
+                        model_in, t, encoder_hidden_states=text_embeds, controlnet_cond=ref,
+                        class_labels=metadata_embeds, return_dict=False,
+                    )  # fmt: skip
+                    down = [self._scaled_residual(r, strength) for r in down]
+                    mid = self._scaled_residual(mid, strength)
+                noise = self.unet(
+                    model_in, t, encoder_hidden_states=text_embeds, class_labels=metadata_embeds,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                ).sample  # fmt: skip
+                if do_cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                latents = self.scheduler.step(noise, t, latents, **step_kwargs).prev_sample
+                progress.update()
+
+        # 6. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, bands, H, W)
+            decoded = ((decoded.float() + 1) / 2).clamp(0, 1)
+            if output_type == "pt":
+                images = decoded
+            else:
+                images = decoded.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, bands)
+                if output_type == "pil":
+                    images = [PIL.Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return RSSuperResolutionPipelineOutput(images=images)
