@@ -183,8 +183,16 @@ class RasterSource:
         shape = (len(self.bands), int(window.height), int(window.width))
         fill = self.nodata if self.nodata is not None else 0
         method = resampling or self.resampling
-        if self._vrt is not None:
-            return self._vrt.read(self.bands, window=window, out_shape=shape, boundless=True, fill_value=fill)
+        if self._vrt is not None:  # WarpedVRT cannot read boundless: read the part inside the grid, pad the rest
+            out = np.full(shape, fill, dtype=self.dataset.dtypes[self.bands[0] - 1])
+            row0, col0 = max(int(window.row_off), 0), max(int(window.col_off), 0)
+            row1 = min(int(window.row_off + window.height), self.grid.height)
+            col1 = min(int(window.col_off + window.width), self.grid.width)
+            if row1 > row0 and col1 > col0:
+                inner = Window(col0, row0, col1 - col0, row1 - row0)
+                r, c = row0 - int(window.row_off), col0 - int(window.col_off)
+                out[:, r : r + row1 - row0, c : c + col1 - col0] = self._vrt.read(self.bands, window=inner)
+            return out
         return self.dataset.read(
             self.bands,
             window=self._source_window(window),
@@ -197,18 +205,37 @@ class RasterSource:
     def read_on_grid(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """(bands, h, w) float32 in [0, 1] and a (h, w) bool validity mask (False = nodata/outside)."""
         raw = self.read_raw(window)
-        valid = np.ones(raw.shape[1:], dtype=bool)
-        if self.nodata is not None:
-            nearest = raw if self.resampling == Resampling.nearest else self.read_raw(window, Resampling.nearest)
-            valid = ~(nearest == self.nodata).all(axis=0)
-        # Outside the source footprint counts as invalid too.
-        valid &= self._inside_mask(window)
+        if self._vrt is not None:  # the warp honours the source nodata and fills outside with it
+            valid = ~(raw == self._vrt.nodata).all(axis=0) if self.nodata is not None else self._inside_mask(window)
+            valid &= self._inside_mask(window)
+        else:
+            valid = self._aligned_valid_mask(window)
         return self.radiometry.to_unit(raw), valid
 
     def _inside_mask(self, window: Window) -> np.ndarray:
         rows = np.arange(int(window.row_off), int(window.row_off) + int(window.height))
         cols = np.arange(int(window.col_off), int(window.col_off) + int(window.width))
         return ((rows >= 0) & (rows < self.grid.height))[:, None] & ((cols >= 0) & (cols < self.grid.width))[None, :]
+
+    def _aligned_valid_mask(self, window: Window) -> np.ndarray:
+        """Nearest-neighbour validity: an output pixel is valid when the source pixel under its centre is
+        inside the raster and not nodata in every band (computed here, not by GDAL's resampler)."""
+        sy = self.dataset.height / self.grid.height
+        sx = self.dataset.width / self.grid.width
+        rows = np.floor((int(window.row_off) + np.arange(int(window.height)) + 0.5) * sy).astype(int)  # (h,)
+        cols = np.floor((int(window.col_off) + np.arange(int(window.width)) + 0.5) * sx).astype(int)  # (w,)
+        inside = ((rows >= 0) & (rows < self.dataset.height))[:, None] & ((cols >= 0) & (cols < self.dataset.width))[
+            None, :
+        ]  # (h, w)
+        if self.nodata is None or not inside.any():
+            return inside
+        r0, r1 = rows[inside.any(axis=1)].min(), rows[inside.any(axis=1)].max() + 1
+        c0, c1 = cols[inside.any(axis=0)].min(), cols[inside.any(axis=0)].max() + 1
+        block = self.dataset.read(self.bands, window=Window(c0, r0, c1 - c0, r1 - r0))  # (bands, rh, rw) native
+        nodata = (block == self.nodata).all(axis=0)  # (rh, rw)
+        rr = np.clip(rows - r0, 0, r1 - r0 - 1)
+        cc = np.clip(cols - c0, 0, c1 - c0 - 1)
+        return inside & ~nodata[rr][:, cc]
 
     def close(self) -> None:
         if self._vrt is not None:

@@ -1,0 +1,284 @@
+"""Reference-guided super-resolution: pipeline on tensors, tiled GeoTIFF job on real rasters."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from conditions.raster_input import OutputGrid, Radiometry, RasterInputError, RasterSource
+from gen.cli import main
+from gen.seeding import sample_generators
+from gen.sr_job import SRJob, StripBlender, ramp, run_sr, tile_starts
+from pipelines import BundleError
+from pipelines.super_resolution import RSSuperResolutionPipeline
+from pipelines.tiny_bundle import TinySRBundleConfig, build_tiny_bundle
+from tests.conftest import shared_file
+
+NAIP_2020 = "geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif"
+NAIP_2014 = "geotiff/naip_timeseries_nd/m_4709963_se_14_1_20140720.tif"
+NAIP_2009 = "geotiff/naip_timeseries_nd/m_4709963_se_14_1_20090818.tif"
+S2_20M = "geotiff/s2_multires_dsen2/S2A_MSIL1C_20170527_T33UUB_20m.tif"
+S2_10M = "geotiff/s2_multires_dsen2/S2A_MSIL1C_20170527_T33UUB_10m.tif"
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def sr_bundle(tmp_path_factory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("sr") / "sr", TinySRBundleConfig(tile_size=64))
+
+
+@pytest.fixture(scope="module")
+def sr_pipe(sr_bundle) -> RSSuperResolutionPipeline:
+    pipe = RSSuperResolutionPipeline.from_bundle(sr_bundle)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def crop(src_path: Path, out: Path, window: Window, *, transform_shift: float = 0.0, **update) -> Path:
+    """Write a crop of a real raster, keeping its CRS, window transform, nodata and descriptions."""
+    with rasterio.open(src_path) as src:
+        data = src.read(window=window)
+        profile = src.profile.copy()
+        transform = src.window_transform(window)
+        profile.update(width=data.shape[2], height=data.shape[1], transform=transform * Affine.translation(0, 0))
+        if transform_shift:
+            profile["transform"] = Affine.translation(transform_shift, 0) * transform
+        profile.update(blockxsize=None, blockysize=None, tiled=False)
+        profile = {k: v for k, v in profile.items() if v is not None}
+        profile.update(update)
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(data.astype(profile["dtype"]))
+            dst.descriptions = src.descriptions
+    return out
+
+
+def job(sr_bundle, lr, out, **kwargs) -> SRJob:
+    kwargs.setdefault("scale", 2)
+    kwargs.setdefault("steps", STEPS)
+    kwargs.setdefault("tile", 64)
+    kwargs.setdefault("overlap", 16)
+    return SRJob(model=str(sr_bundle), lr=lr, out=out, **kwargs)
+
+
+# ---------------------------------------------------------------- pipeline on tensors
+def test_pipeline_shapes_and_reference_strength(sr_pipe):
+    g = torch.Generator().manual_seed(0)
+    image, ref_a, ref_b = torch.rand(3, 2, 3, 64, 64, generator=g)
+    gens = lambda: sample_generators(0, range(2))  # noqa: E731
+    base = sr_pipe(image, ref_a, 0.0, num_inference_steps=STEPS, generator=gens()).images
+    assert base.shape == (2, 64, 64, 3) and base.dtype == np.float32 and np.isfinite(base).all()
+    assert np.array_equal(base, sr_pipe(image, ref_b, 0.0, num_inference_steps=STEPS, generator=gens()).images)
+    assert np.array_equal(base, sr_pipe(image, None, num_inference_steps=STEPS, generator=gens()).images)
+    zero_map = torch.zeros(2, 1, 64, 64)
+    assert np.array_equal(base, sr_pipe(image, ref_a, zero_map, num_inference_steps=STEPS, generator=gens()).images)
+    strong = sr_pipe(image, ref_a, 0.8, num_inference_steps=STEPS, generator=gens()).images
+    assert np.abs(strong - base).max() > 1e-3
+    # Per-pixel map: the left half at 0.8 and right half at 0 changes the left more than the right.
+    half = torch.zeros(2, 1, 64, 64)
+    half[..., :32] = 0.8
+    mixed = sr_pipe(image, ref_a, half, num_inference_steps=STEPS, generator=gens()).images
+    assert np.abs(mixed - base)[:, :, :24].mean() > 1.2 * np.abs(mixed - base)[:, :, 40:].mean()
+    # The map reaches every ControlNet residual at that residual's resolution: zero where the map is zero.
+    residual = torch.ones(2, 8, 16, 16)
+    scaled = sr_pipe._scaled_residual(residual, half)  # (2, 8, 16, 16)
+    assert torch.allclose(scaled[..., :8], torch.tensor(0.8)) and (scaled[..., 8:] == 0).all()
+    single = sr_pipe(image[1:], ref_a[1:], 0.8, num_inference_steps=STEPS, generator=sample_generators(0, [1])).images
+    assert np.abs(single[0] - strong[1]).max() < 1e-3  # batch-vs-single identity
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"image": torch.rand(1, 4, 64, 64)}, r"image: has 4 band\(s\) but this model takes 3"),
+        ({"image": torch.rand(1, 3, 60, 64)}, r"size 60x64 must be a multiple of 16"),
+        ({"reference": torch.rand(1, 3, 32, 32)}, r"reference: shape \(1, 3, 32, 32\) must equal"),
+        ({"reference_strength": -0.1}, r"reference_strength=-0\.1: expected a number >= 0"),
+        ({"reference_strength": torch.ones(1, 1, 8, 8)}, r"a map must have shape \(1, 1, 64, 64\)"),
+        ({"output_type": "tif"}, r"output_type='tif'"),
+    ],
+)
+def test_pipeline_check_inputs(sr_pipe, kwargs, match):
+    call = {"image": torch.rand(1, 3, 64, 64), "reference": torch.rand(1, 3, 64, 64), "num_inference_steps": 1}
+    with pytest.raises(ValueError, match=match):
+        sr_pipe(**{**call, **kwargs})
+
+
+def test_sr_bundle_is_not_a_text2img_bundle(sr_bundle, tiny_bundle):
+    from pipelines import RSText2ImagePipeline
+
+    with pytest.raises(BundleError, match=r"this bundle is a RSSuperResolutionPipeline"):
+        RSText2ImagePipeline.from_bundle(sr_bundle)
+    with pytest.raises(BundleError, match=r"this bundle is a RSText2ImagePipeline"):
+        RSSuperResolutionPipeline.from_bundle(tiny_bundle)
+
+
+def test_tiling_helpers():
+    assert tile_starts(50, 64, 16) == [0]
+    assert tile_starts(96, 64, 16) == [0, 32]
+    assert tile_starts(200, 64, 16) == [0, 48, 96, 136]
+    w = ramp(64, 16, True, False)
+    assert w[0] == pytest.approx(1 / 17) and w[15] == pytest.approx(16 / 17) and (w[16:] == 1).all()
+    # Two ramps over the same overlap sum to a constant: a smooth, seam-free cross-fade.
+    assert np.allclose(ramp(64, 16, False, True)[-16:] + ramp(64, 16, True, False)[:16], 1.0)
+
+
+def test_radiometry_round_trip():
+    reflectance = Radiometry.infer("uint16")
+    values = np.array([0, 1234, 10000, 12000], dtype=np.uint16)
+    assert reflectance.kind == "reflectance"
+    assert reflectance.from_unit(reflectance.to_unit(values)).tolist() == [0, 1234, 10000, 10000]
+    assert Radiometry.infer("uint8").from_unit(np.array([0.5])).dtype == np.uint8
+    with pytest.raises(RasterInputError, match="radiometry='dn'"):
+        Radiometry.infer("uint8", "dn")
+
+
+# ---------------------------------------------------------------- the job on real rasters
+def test_output_grid_crs_nodata_and_dtype_on_real_naip(sr_bundle, tmp_path):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(300, 200, 40, 40))
+    with rasterio.open(lr, "r+") as dst:  # mark a 3x3 block as nodata (NAIP nodata is 0)
+        data = dst.read()
+        data[:, 5:8, 10:13] = 0
+        dst.write(data)
+    out = run_sr(job(sr_bundle, lr, tmp_path / "hr.tif", ref=shared_file(NAIP_2014), ref_strength=0.6))
+    with rasterio.open(lr) as src, rasterio.open(out) as hr:
+        assert (hr.width, hr.height, hr.count) == (80, 80, 3)
+        assert hr.crs == src.crs and hr.crs.to_epsg() == 26914
+        assert hr.transform == src.transform * Affine.scale(0.5)
+        assert hr.bounds == src.bounds
+        assert hr.dtypes == ("uint8",) * 3 and hr.nodata == 0
+        hr_data = hr.read()
+    assert (hr_data[:, 10:16, 20:26] == 0).all()  # the nodata block, at twice the resolution
+    valid = np.ones((80, 80), bool)
+    valid[10:16, 20:26] = False
+    assert (hr_data[:, valid].max(axis=0) > 0).mean() > 0.99
+    sidecar = json.loads((tmp_path / "hr.json").read_text())
+    assert sidecar["scale"] == 2 and sidecar["tiles"] == 4 and sidecar["reference_strength"] == 0.6
+    assert sidecar["output"]["crs"] == "EPSG:26914" and sidecar["reference"]["sha256"]
+
+
+def test_strength_zero_ignores_the_reference(sr_bundle, tmp_path):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(500, 400, 24, 24))
+    outs = {}
+    for name, ref, strength in (("a", NAIP_2014, 0.0), ("b", NAIP_2009, 0.0), ("c", NAIP_2014, 0.9)):
+        path = run_sr(job(sr_bundle, lr, tmp_path / f"{name}.tif", ref=shared_file(ref), ref_strength=strength))
+        with rasterio.open(path) as src:
+            outs[name] = src.read().astype(int)
+    assert np.array_equal(outs["a"], outs["b"])
+    assert np.abs(outs["a"] - outs["c"]).max() > 0
+
+
+def test_uint16_without_crs_and_one_tile_equals_untiled(sr_bundle, sr_pipe, tmp_path, caplog):
+    lr = crop(shared_file(S2_20M), tmp_path / "s2.tif", Window(100, 100, 32, 32))
+    out = run_sr(job(sr_bundle, lr, tmp_path / "hr.tif", bands="1,2,3", tile=64, seed=5))
+    assert "has no CRS" in caplog.text
+    with rasterio.open(lr) as src, rasterio.open(out) as hr:
+        assert hr.crs is None and hr.dtypes == ("uint16",) * 3
+        assert hr.descriptions == ("B5", "B6", "B7")
+        assert hr.bounds == src.bounds and (hr.width, hr.height) == (64, 64)
+        tiled = hr.read()
+        grid = OutputGrid.scaled(src, 2)
+        source = RasterSource(src, [1, 2, 3], grid, radiometry=Radiometry.infer("uint16"))
+        image, _ = source.read_on_grid(Window(0, 0, 64, 64))
+    untiled = sr_pipe(
+        torch.from_numpy(image)[None], num_inference_steps=STEPS, generator=sample_generators(5, [0]), output_type="pt"
+    ).images[0]
+    assert np.array_equal(tiled, Radiometry.infer("uint16").from_unit(untiled.numpy()))
+
+
+def test_strip_blender_cross_fades_tiles_without_seams():
+    """Four constant tiles (values 0, 1, 2, 3) on a 2x2 layout: the output cross-fades over the overlaps
+    with steps of at most 1/(overlap+1) of the tile difference - never a hard seam - and every row is
+    written exactly once, in order."""
+    height, width, tile, overlap = 100, 112, 64, 16
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    assert rows == [0, 36] and cols == [0, 48]
+    out = np.full((1, height, width), np.nan, dtype=np.float32)
+    written: list[tuple[int, int]] = []
+
+    def write(values, valid, row_off):
+        written.append((row_off, values.shape[1]))
+        out[:, row_off : row_off + values.shape[1]] = values
+
+    blender = StripBlender(1, height, width, tile, write)
+    for r, row in enumerate(rows):
+        blender.flush_until(row)
+        for c, col in enumerate(cols):
+            weight = np.outer(
+                ramp(tile, overlap, row > 0, row + tile < height), ramp(tile, overlap, col > 0, col + tile < width)
+            )
+            value = np.full((1, tile, tile), 2 * r + c, dtype=np.float32)
+            blender.add(value, weight, np.ones((tile, tile), bool), row, col)
+    blender.flush_until(height)
+    assert [w[0] for w in written] == [0, 36] and sum(w[1] for w in written) == height
+    assert np.isfinite(out).all()
+    assert (out[0, :36, :48] == 0).all() and (out[0, 64:, 64:] == 3).all()
+    assert np.abs(np.diff(out[0], axis=1)).max() <= 1 / (overlap + 1) + 1e-6  # left-right fade
+    assert np.abs(np.diff(out[0], axis=0)).max() <= 2 / (overlap + 1) + 1e-6  # top-bottom fade (rows differ by 2)
+    assert np.allclose(out[0, 0, 48:64], (np.arange(16) + 1) / 17)
+
+
+def test_multi_tile_run_on_real_naip(sr_bundle, tmp_path):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(100, 100, 56, 56))
+    out = run_sr(job(sr_bundle, lr, tmp_path / "hr.tif", tile=64, overlap=24))
+    sidecar = json.loads((tmp_path / "hr.json").read_text())
+    assert sidecar["tiles"] == 9 and sidecar["overlap"] == 24
+    with rasterio.open(out) as hr:
+        data = hr.read()
+    assert data.shape == (3, 112, 112) and (data.max(axis=0) > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"bands": "1,2,9"}, RasterInputError, r"band\(s\) \[9\] out of range; the raster has 4 band\(s\)"),
+        ({"bands": "1,2"}, RasterInputError, r"this model takes 3 band\(s\)"),
+        ({"scale": 0.5}, ValueError, r"scale=0\.5: expected a factor >= 1"),
+        ({"ref_strength": -1.0}, ValueError, r"ref_strength=-1\.0: expected a number >= 0"),
+        ({"tile": 50}, ValueError, r"tile=50: expected a positive multiple of 16"),
+    ],
+)
+def test_job_bad_inputs(sr_bundle, tmp_path, kwargs, error, match):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(0, 0, 16, 16))
+    with pytest.raises(error, match=match):
+        run_sr(job(sr_bundle, lr, tmp_path / "hr.tif", **kwargs))
+    assert not (tmp_path / "hr.tif").exists()
+
+
+def test_job_bad_files(sr_bundle, tmp_path):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(0, 0, 16, 16))
+    far = crop(shared_file(NAIP_2014), tmp_path / "far.tif", Window(0, 0, 16, 16), transform_shift=100_000.0)
+    with pytest.raises(RasterInputError, match=r"does not overlap the LR footprint"):
+        run_sr(job(sr_bundle, lr, tmp_path / "hr.tif", ref=far))
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 definitely not a tiff")
+    with pytest.raises(RasterInputError, match=r"--lr=.*broken\.tif': not a raster GDAL can read"):
+        run_sr(job(sr_bundle, broken, tmp_path / "hr.tif"))
+    with pytest.raises(RasterInputError, match=r"--lr=.*missing\.tif': no such file"):
+        run_sr(job(sr_bundle, tmp_path / "missing.tif", tmp_path / "hr.tif"))
+    no_crs = crop(shared_file(S2_20M), tmp_path / "s2.tif", Window(0, 0, 16, 16))
+    with pytest.raises(RasterInputError, match=r"the LR raster has no CRS, so the reference cannot be aligned"):
+        run_sr(job(sr_bundle, no_crs, tmp_path / "hr.tif", ref=shared_file(NAIP_2014)))
+    assert not (tmp_path / "hr.tif").exists()
+
+
+def test_cli_sr_end_to_end(sr_bundle, tmp_path, capsys):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(0, 0, 16, 16))
+    args = ["sr", "--model", str(sr_bundle), "--lr", str(lr), "--scale", "3", "--ref", str(shared_file(NAIP_2014)),
+            "--ref-strength", "0.4", "--out", str(tmp_path / "hr.tif"), "--tile", "64", "--steps", "2"]  # fmt: skip
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "hr.tif") as hr:
+        assert (hr.width, hr.height) == (48, 48) and hr.res == pytest.approx((5 / 3, 5 / 3))
+    assert main(args) == 2  # exists: refused without --overwrite
+
+
+@pytest.mark.slow
+def test_real_sentinel2_20m_to_10m_grid(sr_bundle, tmp_path):
+    out = run_sr(job(sr_bundle, shared_file(S2_20M), tmp_path / "hr.tif", bands="1,2,3", tile=128, overlap=16))
+    with rasterio.open(out) as hr, rasterio.open(shared_file(S2_10M)) as ten:
+        assert (hr.width, hr.height) == (ten.width, ten.height) == (600, 600)
