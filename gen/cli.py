@@ -119,6 +119,64 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--allow-pickle", action="store_true", help="allow pickled .bin/.ckpt weights (unsafe)")
     sr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
+    gen = sub.add_parser(
+        "generate",
+        help="controlled generation from vector layouts, semantic masks or image controls, with exact labels",
+        description="Generate images that follow a layout: vector layers (GeoJSON/GeoPackage/Shapefile) "
+        "rasterised at --gsd on the local UTM grid, or a semantic mask in a known palette, plus optional image "
+        "controls. Writes image, semantic mask, instance mask, object boxes and a provenance sidecar.",
+        epilog="examples:\n"
+        "  rsgen generate --model models/ctrl --layout buildings.geojson --layout roads.geojson --gsd 0.5 "
+        "--prompt 'suburb' -n 4 --out out/\n"
+        "  rsgen generate --model models/ctrl --mask mask.png --palette loveda --out out/\n"
+        "  rsgen generate --model models/ctrl --mask mask.png --palette loveda --control canny:ref.tif "
+        "--control-scale canny=0.5 --control-guidance canny=0:0.6 --out out/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument("--model", help="controlled bundle folder or hub id (`rsgen model init-tiny DIR --controls mask`)")
+    gen.add_argument("--prompt", default="", help="text prompt")
+    gen.add_argument("--negative-prompt", help="negative prompt")
+    gen.add_argument(
+        "--layout", action="append", default=[],
+        help="vector layer, repeatable: PATH (lines = roads, polygons = buildings) or buildings:PATH, roads:PATH, "
+        "polygons=CLASS:PATH (CLASS a canonical class, e.g. water)",
+    )  # fmt: skip
+    gen.add_argument("--mask", type=Path, help="semantic mask (PNG/GeoTIFF, ids or palette colours)")
+    gen.add_argument("--palette", help="scheme of --mask: loveda, potsdam, vaihingen, openearthmap, second, levir")
+    gen.add_argument(
+        "--control", action="append", default=[], help="image control: canny:PATH, depth:DSM[,DTM], image:PATH"
+    )
+    gen.add_argument("--control-scale", action="append", default=[], help="NAME=SCALE, e.g. canny=0.5 (default 1)")
+    gen.add_argument("--control-guidance", action="append", default=[], help="NAME=START:END fraction of the steps")
+    _add_metadata_args(gen)
+    gen.add_argument("--size", type=int, help="output size in pixels for vector layouts (default: native size)")
+    for parser_ in (gen,):
+        parser_.add_argument("-n", "--num-samples", type=int, default=1, help="number of images (default 1)")
+        parser_.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
+    inp = sub.add_parser(
+        "inpaint",
+        help="regenerate a region of an image; every pixel outside it is returned bit-identical",
+        description="Inpaint the non-zero pixels of --region in --image (8-bit RGB), optionally following controls. "
+        "Pixels outside the region and its --feather margin are bit-identical to the input.",
+    )
+    inp.add_argument("--model", help="controlled bundle folder or hub id")
+    inp.add_argument("--image", required=True, type=Path, help="8-bit RGB image (PNG/GeoTIFF)")
+    inp.add_argument("--region", required=True, type=Path, help="mask of the same size: non-zero = regenerate")
+    inp.add_argument("--prompt", default="", help="text prompt")
+    inp.add_argument("--negative-prompt", help="negative prompt")
+    inp.add_argument("--control", action="append", default=[], help="image control: canny:PATH, depth:DSM, image:PATH")
+    inp.add_argument("--feather", type=int, default=0, help="cross-fade margin in pixels outside the region (0)")
+    _add_metadata_args(inp)
+    inp.add_argument("-n", "--num-samples", type=int, default=1, help="number of images (default 1)")
+    for parser_ in (gen, inp):
+        parser_.add_argument("--seed", type=int, default=0, help="job seed; image i uses a seed derived from (seed, i)")
+        parser_.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+        parser_.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (7.5)")
+        parser_.add_argument("--out", required=True, type=Path, help="output folder")
+        parser_.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+        parser_.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (unsafe)")
+        parser_.add_argument("--overwrite", action="store_true", help="write into a folder that already holds samples")
+
     model = sub.add_parser("model", help="create and inspect model bundles")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
     tiny = model_sub.add_parser(
@@ -131,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--size", type=int, default=256, help="native image size in pixels (default 256)")
     tiny.add_argument("--no-metadata", action="store_true", help="no metadata encoder (plain SD layout)")
     tiny.add_argument("--sr", action="store_true", help="build a super-resolution bundle (LR + reference control)")
+    tiny.add_argument("--controls", help="build a controlled bundle with these ControlNets, e.g. mask,canny,depth")
     tiny.add_argument("--bands", default="red,green,blue", help="band names of an --sr bundle (default red,green,blue)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.add_argument("--overwrite", action="store_true", help="replace an existing folder")
@@ -195,11 +254,70 @@ def _cmd_sr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items: list[str], argument: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{argument} {item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from gen.controlled_job import GenerateJob, run_generate
+
+    if not args.model:
+        raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --controls mask"))
+    scales = {k: float(v) for k, v in _pairs(args.control_scale, "--control-scale").items()}
+    guidance = {}
+    for name, value in _pairs(args.control_guidance, "--control-guidance").items():
+        start, sep, end = value.partition(":")
+        if not sep:
+            raise ValueError(f"--control-guidance {name}={value!r}: expected NAME=START:END, e.g. canny=0:0.6")
+        guidance[name] = (float(start), float(end))
+    job = GenerateJob(
+        model=args.model, out=args.out, prompt=args.prompt, negative_prompt=args.negative_prompt,
+        layouts=args.layout, mask=args.mask, palette=args.palette, controls=args.control, control_scales=scales,
+        control_guidance=guidance, metadata=_metadata_from_args(args), size=args.size,
+        num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+        guidance=args.guidance, allow_pickle=args.allow_pickle, device=args.device, overwrite=args.overwrite,
+    )  # fmt: skip
+    written = run_generate(job)
+    sys.stdout.write(f"wrote {len(written)} images with labels and sidecars to {args.out}\n")
+    return 0
+
+
+def _cmd_inpaint(args: argparse.Namespace) -> int:
+    from gen.controlled_job import InpaintJob, run_inpaint
+
+    if not args.model:
+        raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --controls mask"))
+    job = InpaintJob(
+        model=args.model, image=args.image, region=args.region, out=args.out, prompt=args.prompt,
+        negative_prompt=args.negative_prompt, controls=args.control, feather=args.feather,
+        metadata=_metadata_from_args(args), num_samples=args.num_samples, seed=args.seed, steps=args.steps,
+        guidance=args.guidance, allow_pickle=args.allow_pickle, device=args.device, overwrite=args.overwrite,
+    )  # fmt: skip
+    written = run_inpaint(job)
+    sys.stdout.write(f"wrote {len(written)} inpainted images with sidecars to {args.out}\n")
+    return 0
+
+
 def _cmd_model(args: argparse.Namespace) -> int:
     if args.model_command == "init-tiny":
-        from pipelines.tiny_bundle import SMOKE_TEST_WARNING, TinyBundleConfig, TinySRBundleConfig, build_tiny_bundle
+        from pipelines.tiny_bundle import (
+            SMOKE_TEST_WARNING,
+            TinyBundleConfig,
+            TinyControlledBundleConfig,
+            TinySRBundleConfig,
+            build_tiny_bundle,
+        )
 
-        if args.sr:
+        if args.controls:
+            names = tuple(c.strip() for c in args.controls.split(",") if c.strip())
+            config = TinyControlledBundleConfig(image_size=args.size, controls=names, metadata=not args.no_metadata)
+        elif args.sr:
             bands = tuple(b.strip() for b in args.bands.split(",") if b.strip())
             config = TinySRBundleConfig(tile_size=args.size, bands=bands, seed=args.seed)
         else:
@@ -260,18 +378,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-    handlers = {"txt2img": _cmd_txt2img, "sr": _cmd_sr, "model": _cmd_model, "quickstart": _cmd_quickstart}
+    handlers = {
+        "txt2img": _cmd_txt2img,
+        "generate": _cmd_generate,
+        "inpaint": _cmd_inpaint,
+        "sr": _cmd_sr,
+        "model": _cmd_model,
+        "quickstart": _cmd_quickstart,
+    }
     if args.command is None:
         parser.print_help()
         return 2
     if args.command == "model" and args.model_command is None:
         parser.parse_args(["model", "--help"])
+    from conditions.masks import MaskError
+    from conditions.palettes import PaletteError
     from conditions.raster_input import RasterInputError
+    from conditions.vectors import VectorError
     from pipelines.bundle import BundleError
 
     try:
         return handlers[args.command](args)
-    except (BundleError, MetadataError, RasterInputError, ValueError, FileExistsError, FileNotFoundError) as err:
+    except (
+        BundleError, MetadataError, RasterInputError, MaskError, PaletteError, VectorError, ValueError,
+        FileExistsError, FileNotFoundError,
+    ) as err:  # fmt: skip
         logger.error("%s", err)
         return 2
     except KeyboardInterrupt:

@@ -15,11 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DPMSolverMultistepScheduler,
+    MultiControlNetModel,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from conditions.metadata_encoder import MetadataEncoder
 from pipelines.bundle import BundleError, ModelCard
+from pipelines.controlled.pipeline_rs_controlled import RSControlledPipeline
 from pipelines.super_resolution.pipeline_rs_sr import RSSuperResolutionPipeline
 from pipelines.text2img.pipeline_rs_text2img import RSText2ImagePipeline
 from pipelines.tiny_tokenizer import build_tiny_clip_tokenizer
@@ -45,6 +52,22 @@ class TinySRBundleConfig:
 
     tile_size: int = 256  # native tile size in pixels
     bands: tuple[str, ...] = ("red", "green", "blue")
+    unet_channels: tuple[int, int] = (32, 64)
+    vae_channels: tuple[int, int, int, int] = (32, 32, 64, 64)
+    text_hidden: int = 32
+    seed: int = 0
+
+
+KNOWN_CONTROLS = ("mask", "canny", "depth", "image")
+
+
+@dataclass(frozen=True)
+class TinyControlledBundleConfig:
+    """A tiny controlled bundle: the text(+metadata) model plus one ControlNet per control name."""
+
+    image_size: int = 256
+    controls: tuple[str, ...] = ("mask",)
+    metadata: bool = True
     unet_channels: tuple[int, int] = (32, 64)
     vae_channels: tuple[int, int, int, int] = (32, 32, 64, 64)
     text_hidden: int = 32
@@ -110,6 +133,46 @@ def _tiny_unet(config: TinyBundleConfig | TinySRBundleConfig, size: int, in_chan
     )
 
 
+def _randomised_controlnet(unet: UNet2DConditionModel, channels: int) -> ControlNetModel:
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_channels=channels, conditioning_embedding_out_channels=(16, 32, 64, 64)
+    )
+    # A trained ControlNet starts from zero convolutions; a smoke bundle randomises them so that the
+    # control path has a visible effect in tests.
+    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    return controlnet
+
+
+def build_tiny_controlled_pipeline(
+    config: TinyControlledBundleConfig = TinyControlledBundleConfig(),
+) -> RSControlledPipeline:
+    """Assemble a tiny controlled pipeline (one ControlNet per control) with seeded random weights."""
+    unknown = sorted(set(config.controls) - set(KNOWN_CONTROLS))
+    if not config.controls or unknown or len(set(config.controls)) != len(config.controls):
+        raise ValueError(f"controls={list(config.controls)}: expected distinct names among {list(KNOWN_CONTROLS)}")
+    base = build_tiny_pipeline(
+        TinyBundleConfig(config.image_size, config.metadata, config.unet_channels, config.vae_channels,
+                         config.text_hidden, config.seed)
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed + 1)
+        nets = [_randomised_controlnet(base.unet, 3) for _ in config.controls]
+    pipe = RSControlledPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+        controlnet=MultiControlNetModel(nets), scheduler=base.scheduler, metadata_encoder=base.metadata_encoder,
+    )  # fmt: skip
+    pipe.control_names = list(config.controls)
+    card = tiny_model_card(TinyBundleConfig(config.image_size, config.metadata), base.metadata_encoder)
+    card.name = "rsgen-tiny-random-controlled"
+    card.pipeline = "RSControlledPipeline"
+    card.controls = list(config.controls)
+    card.palette = {"name": "canonical", "encoding": "color"} if "mask" in config.controls else None
+    card.description = f"Tiny controlled bundle with {SMOKE_TEST_WARNING}. Built by `rsgen model init-tiny --controls`."
+    pipe.model_card = card
+    return pipe
+
+
 def build_tiny_sr_pipeline(config: TinySRBundleConfig = TinySRBundleConfig()) -> RSSuperResolutionPipeline:
     """Assemble a tiny reference-guided SR pipeline with seeded random weights."""
     if config.tile_size % 16:
@@ -121,13 +184,7 @@ def build_tiny_sr_pipeline(config: TinySRBundleConfig = TinySRBundleConfig()) ->
         unet = _tiny_unet(config, config.tile_size, in_channels=8, class_embed_type=None)
         vae = _tiny_vae(config.vae_channels, bands, config.tile_size)
         text_encoder = _tiny_text_encoder(tokenizer, config.text_hidden)
-        controlnet = ControlNetModel.from_unet(
-            unet, conditioning_channels=bands, conditioning_embedding_out_channels=(16, 32, 64, 64)
-        )
-        # A trained ControlNet starts from zero convolutions; a smoke bundle randomises them so that the
-        # reference path has a visible effect in tests.
-        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-            torch.nn.init.normal_(conv.weight, std=0.05)
+        controlnet = _randomised_controlnet(unet, bands)
     pipe = RSSuperResolutionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
         scheduler=_tiny_scheduler(), metadata_encoder=None,
@@ -186,7 +243,7 @@ def tiny_model_card(config: TinyBundleConfig, metadata_encoder: MetadataEncoder 
 
 def build_tiny_bundle(
     out_dir: str | os.PathLike,
-    config: TinyBundleConfig | TinySRBundleConfig = TinyBundleConfig(),
+    config: TinyBundleConfig | TinySRBundleConfig | TinyControlledBundleConfig = TinyBundleConfig(),
     *,
     overwrite: bool = False,
 ) -> Path:
@@ -196,7 +253,12 @@ def build_tiny_bundle(
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise BundleError(f"out_dir={str(out_dir)!r} exists and is not empty; pick a new folder or pass overwrite")
-    pipe = build_tiny_sr_pipeline(config) if isinstance(config, TinySRBundleConfig) else build_tiny_pipeline(config)
+    if isinstance(config, TinySRBundleConfig):
+        pipe = build_tiny_sr_pipeline(config)
+    elif isinstance(config, TinyControlledBundleConfig):
+        pipe = build_tiny_controlled_pipeline(config)
+    else:
+        pipe = build_tiny_pipeline(config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".rsgen-tmp-bundle-", dir=out_dir.parent))
     try:

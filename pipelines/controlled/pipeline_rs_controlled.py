@@ -1,0 +1,300 @@
+"""Controlled text + metadata generation with one or several ControlNets, and inpainting.
+
+Components: those of the text-to-image pipeline plus ``controlnet`` (a ``MultiControlNetModel``
+whose nets are listed, in order, by ``rsgen_model.json`` ``controls``, e.g. ``["mask", "canny"]``).
+Every control has its own conditioning scale and active fraction of the schedule
+(``control_guidance={"canny": (0.0, 0.6)}``). Asking for a control the bundle lacks is an error.
+
+Inpainting (``image`` + ``mask_image``) works with any of these UNets: at every step the latent
+outside the mask is replaced by the input's latent noised to that step, and after decoding the
+result is blended in pixel space, so every pixel outside the mask (and beyond ``feather_px``) is
+returned **bit-identical** to the input. Inside a feathering margin of ``feather_px`` pixels around
+the mask, generated and input pixels are cross-faded; no pixel further away is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, MultiControlNetModel, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from conditions.metadata import Metadata
+from conditions.metadata_encoder import MetadataEncoder
+from pipelines.bundle import load_bundle
+from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("np", "pt", "latent")
+
+
+@dataclass
+class RSControlledPipelineOutput(BaseOutput):
+    """``images``: (B, H, W, 3) float array in [0, 1] (``np``), (B, 3, H, W) tensor (``pt``) or latents.
+    ``blend_weights``: (B, 1, H, W) weight of generated pixels when inpainting (0 = input kept bit-exact)."""
+
+    images: np.ndarray | torch.Tensor
+    blend_weights: torch.Tensor | None = None
+
+
+def feather_weights(mask: torch.Tensor, feather_px: int) -> torch.Tensor:
+    """(B, 1, H, W) weights: 1 inside ``mask``, falling linearly to 0 over ``feather_px`` pixels outside
+    (chessboard distance), exactly 0 beyond."""
+    weights = (mask > 0.5).float()
+    if feather_px <= 0:
+        return weights
+    grown = weights
+    for ring in range(1, feather_px + 1):
+        dilated = F.max_pool2d(grown, kernel_size=3, stride=1, padding=1)
+        new = (dilated > 0) & (grown == 0)
+        weights = torch.where(new, torch.full_like(weights, 1 - ring / (feather_px + 1)), weights)
+        grown = dilated
+    return weights
+
+
+class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->metadata_encoder->controlnet->unet->vae"
+    _optional_components = ["metadata_encoder"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        controlnet: MultiControlNetModel,
+        scheduler: KarrasDiffusionSchedulers,
+        metadata_encoder: MetadataEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        check_metadata_components(unet, metadata_encoder)
+        if not isinstance(controlnet, MultiControlNetModel):
+            controlnet = MultiControlNetModel([controlnet])
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+            scheduler=scheduler, metadata_encoder=metadata_encoder,
+        )  # fmt: skip
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.control_names: list[str] = [f"control_{i}" for i in range(len(controlnet.nets))]
+
+    @classmethod
+    def from_bundle(
+        cls, model: str | os.PathLike, *, allow_pickle: bool = False, torch_dtype: torch.dtype | None = None
+    ) -> RSControlledPipeline:
+        pipe = load_bundle(cls, model, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
+        names = list(pipe.model_card.controls)
+        if len(names) != len(pipe.controlnet.nets):
+            raise ValueError(
+                f"{model}: rsgen_model.json lists controls {names} but the bundle has {len(pipe.controlnet.nets)} "
+                "ControlNet(s); list one name per ControlNet, in order"
+            )
+        pipe.control_names = names
+        return pipe
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ 1. check inputs
+    def check_inputs(
+        self,
+        prompt: str | list[str],
+        controls: Mapping[str, torch.Tensor],
+        control_scales: Mapping[str, float],
+        control_guidance: Mapping[str, tuple[float, float]],
+        metadata: Metadata | Sequence[Metadata | None] | None,
+        image: torch.Tensor | None,
+        mask_image: torch.Tensor | None,
+        feather_px: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        output_type: str,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> tuple[int, int, int]:
+        if not controls and image is None:
+            raise ValueError(f"controls: give at least one of this model's controls {self.control_names}")
+        unknown = sorted(set(controls) - set(self.control_names))
+        if unknown:
+            raise ValueError(
+                f"controls: {unknown} not in this model; it was trained with {self.control_names} "
+                "(see rsgen_model.json 'controls')"
+            )
+        for name in list(control_scales) + list(control_guidance):
+            if name not in controls:
+                raise ValueError(f"control_scales/control_guidance: {name!r} is not among the given controls")
+        shapes = {tuple(t.shape) for t in controls.values()} or {tuple(image.shape)}
+        if len(shapes) != 1:
+            raise ValueError(f"controls: all control images must share one shape, got {sorted(shapes)}")
+        shape = shapes.pop()
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"controls: expected (B, 3, H, W) tensors in [0, 1], got {shape}")
+        batch, _, height, width = shape
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(f"controls: size {height}x{width} must be a multiple of {self.size_multiple}")
+        for name, (start, end) in control_guidance.items():
+            if not 0.0 <= start < end <= 1.0:
+                raise ValueError(f"control_guidance[{name!r}]=({start}, {end}): expected 0 <= start < end <= 1")
+        for name, scale in control_scales.items():
+            if not scale >= 0:
+                raise ValueError(f"control_scales[{name!r}]={scale}: expected >= 0")
+        if (image is None) != (mask_image is None):
+            raise ValueError("image and mask_image go together: inpainting needs both")
+        if image is not None:
+            if tuple(image.shape) != (batch, 3, height, width):
+                raise ValueError(f"image: shape {tuple(image.shape)} must be {(batch, 3, height, width)}")
+            if tuple(mask_image.shape) != (batch, 1, height, width):
+                raise ValueError(f"mask_image: shape {tuple(mask_image.shape)} must be {(batch, 1, height, width)}")
+            if not ((mask_image == 0) | (mask_image == 1)).all():
+                raise ValueError("mask_image: must be binary (1 = regenerate, 0 = keep)")
+        if not isinstance(feather_px, int) or feather_px < 0:
+            raise ValueError(f"feather_px={feather_px!r}: expected an integer >= 0")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if len(prompts) not in (1, batch):
+            raise ValueError(f"prompt: got {len(prompts)} prompts for a batch of {batch}")
+        records = list(metadata) if isinstance(metadata, Sequence) else [metadata]
+        if not self.has_metadata and any(m is not None and not m.is_unknown for m in records):
+            raise ValueError("metadata: this model has no metadata conditioning; drop it")
+        if self.has_metadata:
+            self.metadata_encoder.prepare(records)
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}: expected an integer >= 1")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale={guidance_scale!r}: expected >= 0")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}: expected one of {OUTPUT_TYPES}")
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"generator: got {len(generator)} generators for {batch} images; pass one per image")
+        return batch, height, width
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> scaled latent (B, C, h, w) (distribution mode: deterministic)."""
+        latent = self.vae.encode(image.to(self.vae.dtype) * 2 - 1).latent_dist.mode()
+        return latent * self.vae.config.scaling_factor
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        controls: Mapping[str, torch.Tensor],
+        control_scales: Mapping[str, float] | None = None,
+        control_guidance: Mapping[str, tuple[float, float]] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        metadata: Metadata | Sequence[Metadata | None] | None = None,
+        image: torch.Tensor | None = None,
+        mask_image: torch.Tensor | None = None,
+        feather_px: int = 0,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ) -> RSControlledPipelineOutput | tuple:
+        control_scales = dict(control_scales or {})
+        control_guidance = dict(control_guidance or {})
+        # 1. Check inputs
+        batch, height, width = self.check_inputs(
+            prompt, controls, control_scales, control_guidance, metadata, image, mask_image, feather_px,
+            num_inference_steps, guidance_scale, output_type, generator,
+        )  # fmt: skip
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        if len(prompts) == 1:
+            prompts = prompts * batch
+        negatives = [negative_prompt or ""] * batch if not isinstance(negative_prompt, list) else negative_prompt
+        records = list(metadata) if isinstance(metadata, Sequence) else [metadata] * batch
+
+        # 2. Encode conditions
+        text_embeds = self.encode_prompt(prompts, negatives, device, do_cfg)  # (nB, L, D)
+        metadata_embeds = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
+        dtype = self.unet.dtype
+        active = [(i, name) for i, name in enumerate(self.control_names) if name in controls]
+        cond_images = {}
+        for _, name in active:
+            cond = controls[name].to(device=device, dtype=dtype)  # (B, 3, H, W)
+            cond_images[name] = torch.cat([cond] * 2) if do_cfg else cond  # (nB, 3, H, W)
+        known_latent = None
+        if image is not None:
+            known_latent = self.encode_image(image.to(device))  # (B, C, h, w)
+            latent_mask = F.interpolate(mask_image.to(device, dtype), size=known_latent.shape[-2:], mode="area")
+            latent_mask = (latent_mask > 0).to(dtype)  # (B, 1, h, w): 1 wherever any regenerated pixel lies
+
+        # 3. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Latents
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
+        noise = latents.clone()
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
+
+        # 5. Denoise
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for step, t in enumerate(timesteps):
+                fraction = step / len(timesteps)
+                model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                down, mid = None, None
+                for index, name in active:
+                    start, end = control_guidance.get(name, (0.0, 1.0))
+                    if not start <= fraction < end:
+                        continue
+                    d, m = self.controlnet.nets[index](
+                        model_in, t, encoder_hidden_states=text_embeds, controlnet_cond=cond_images[name],
+                        conditioning_scale=float(control_scales.get(name, 1.0)), class_labels=metadata_embeds,
+                        return_dict=False,
+                    )  # fmt: skip
+                    down = d if down is None else [a + b for a, b in zip(down, d)]
+                    mid = m if mid is None else mid + m
+                pred = self.unet(
+                    model_in,
+                    t,
+                    encoder_hidden_states=text_embeds,
+                    class_labels=metadata_embeds,
+                    down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid,
+                ).sample  # fmt: skip (nB, C, h, w)
+                if do_cfg:
+                    pred_uncond, pred_cond = pred.chunk(2)
+                    pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+                latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
+                if known_latent is not None:  # keep the known region on the input's noisy trajectory
+                    if step + 1 < len(timesteps):
+                        known = self.scheduler.add_noise(known_latent, noise, timesteps[step + 1 : step + 2])
+                    else:
+                        known = known_latent
+                    latents = latent_mask * latents + (1 - latent_mask) * known
+                progress.update()
+
+        # 6. Decode (and blend in pixel space when inpainting)
+        weights = None
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, 3, H, W)
+            decoded = ((decoded.float() + 1) / 2).clamp(0, 1)
+            if image is not None:
+                original = image.to(decoded.device, torch.float32)
+                weights = feather_weights(mask_image.to(decoded.device), feather_px)  # (B, 1, H, W)
+                blended = weights * decoded + (1 - weights) * original
+                decoded = torch.where(weights > 0, blended, original)  # exact input outside the blend
+            images = decoded if output_type == "pt" else decoded.permute(0, 2, 3, 1).cpu().numpy()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, weights
+        return RSControlledPipelineOutput(images=images, blend_weights=weights)

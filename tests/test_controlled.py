@@ -1,0 +1,185 @@
+"""Controlled generation (multi-ControlNet), inpainting, and the generate/inpaint jobs on real layouts."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from conditions.palettes import CANONICAL
+from gen.cli import main
+from gen.controlled_job import GenerateJob, InpaintJob, parse_layout_spec, run_generate, run_inpaint
+from gen.seeding import sample_generators
+from pipelines.controlled import RSControlledPipeline, feather_weights
+from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
+from tests.conftest import shared_file
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def ctrl_bundle(tmp_path_factory):
+    config = TinyControlledBundleConfig(image_size=64, controls=("mask", "canny"))
+    return build_tiny_bundle(tmp_path_factory.mktemp("ctrl") / "ctrl", config)
+
+
+@pytest.fixture(scope="module")
+def ctrl_pipe(ctrl_bundle):
+    pipe = RSControlledPipeline.from_bundle(ctrl_bundle)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _call(pipe, controls, n=1, seed=0, **kwargs):
+    return pipe("buildings and roads", controls=controls, num_inference_steps=STEPS,
+                generator=sample_generators(seed, range(n)), **kwargs).images  # fmt: skip
+
+
+def test_controls_scales_and_schedules(ctrl_pipe):
+    g = torch.Generator().manual_seed(0)
+    mask, canny = torch.rand(2, 1, 3, 64, 64, generator=g)
+    only_mask = _call(ctrl_pipe, {"mask": mask})
+    both = _call(ctrl_pipe, {"mask": mask, "canny": canny})
+    assert only_mask.shape == (1, 64, 64, 3) and np.isfinite(only_mask).all()
+    assert np.abs(both - only_mask).max() > 1e-3
+    assert np.array_equal(_call(ctrl_pipe, {"mask": mask, "canny": canny}, control_scales={"canny": 0.0}), only_mask)
+    late = _call(ctrl_pipe, {"mask": mask, "canny": canny}, control_guidance={"canny": (0.5, 1.0)})
+    assert 0 < np.abs(late - only_mask).max() < np.abs(both - only_mask).max() + 1e-6
+    batch = _call(ctrl_pipe, {"mask": mask.expand(3, -1, -1, -1)}, n=3)
+    single = _call(ctrl_pipe, {"mask": mask}, n=1)
+    assert np.abs(batch[0] - single[0]).max() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"controls": {"depth": torch.rand(1, 3, 64, 64)}},
+            r"\['depth'\] not in this model; it was trained with \['mask', 'canny'\]",
+        ),
+        ({"controls": {}}, r"give at least one of this model's controls"),
+        ({"controls": {"mask": torch.rand(1, 3, 60, 64)}}, r"size 60x64 must be a multiple of 16"),
+        ({"control_guidance": {"mask": (0.8, 0.2)}}, r"control_guidance\['mask'\]=\(0\.8, 0\.2\)"),
+        ({"control_scales": {"canny": 1.0}}, r"'canny' is not among the given controls"),
+        ({"image": torch.rand(1, 3, 64, 64)}, r"image and mask_image go together"),
+        ({"image": torch.rand(1, 3, 64, 64), "mask_image": torch.full((1, 1, 64, 64), 0.5)}, r"must be binary"),
+    ],
+)
+def test_check_inputs(ctrl_pipe, kwargs, match):
+    call = {"prompt": "x", "controls": {"mask": torch.rand(1, 3, 64, 64)}, "num_inference_steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        ctrl_pipe(**call)
+
+
+def test_feather_weights_stop_at_the_margin():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 10:20, 10:20] = 1
+    w = feather_weights(mask, 3)
+    assert (w[mask > 0] == 1).all()
+    assert (w[..., 7:23, 7:23] > 0).all() and w[..., 6, :].max() == 0 and w[..., :, 23].max() == 0
+    assert w[0, 0, 15, 9].item() == pytest.approx(0.75) and w[0, 0, 15, 7].item() == pytest.approx(0.25)
+    assert torch.equal(feather_weights(mask, 0), mask)
+
+
+@pytest.mark.parametrize("feather", [0, 4])
+def test_inpainting_keeps_every_outside_pixel_exactly(ctrl_pipe, feather):
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 3, 64, 64, generator=g)
+    region = torch.zeros(2, 1, 64, 64)
+    region[0, :, 8:30, 20:50] = 1
+    region[1, :, 40:60, 0:16] = 1
+    out = ctrl_pipe("x", controls={"mask": torch.rand(2, 3, 64, 64, generator=g)}, image=image, mask_image=region,
+                    feather_px=feather, num_inference_steps=STEPS, generator=sample_generators(0, range(2)),
+                    output_type="pt")  # fmt: skip
+    outside = (out.blend_weights == 0).expand_as(image)
+    assert torch.equal(out.images[outside], image[outside])  # bit-identical
+    assert (out.blend_weights > 0).sum() == region.sum() + (
+        0 if feather == 0 else out.blend_weights[region == 0].gt(0).sum()
+    )
+    inside = (region > 0).expand_as(image)
+    assert (out.images[inside] - image[inside]).abs().mean() > 0.01
+
+
+def test_generate_from_real_osm_layout(ctrl_bundle, tmp_path):
+    job = GenerateJob(
+        model=str(ctrl_bundle), out=tmp_path / "out", prompt="residential blocks",
+        layouts=[f"buildings:{shared_file('vector/osm_west_oakland/buildings.geojson')}",
+                 str(shared_file("vector/osm_west_oakland/roads.geojson"))],
+        metadata=__import__("conditions").Metadata(gsd=4.0), size=64, num_samples=2, batch_size=2, steps=STEPS,
+    )  # fmt: skip
+    written = run_generate(job)
+    assert [p.name for p in written] == ["000000.tif", "000001.tif"]
+    sidecar = json.loads((tmp_path / "out" / "000000.json").read_text())
+    assert sidecar["crs"] == "EPSG:32610" and sidecar["task"] == "generate"
+    kinds = [c["kind"] for c in sidecar["conditions"]]
+    assert kinds == ["buildings", "roads"] and all(len(c["sha256"]) == 64 for c in sidecar["conditions"])
+    with rasterio.open(tmp_path / "out" / "000000_semantic.tif") as src:
+        semantic = src.read(1)
+        assert src.crs.to_epsg() == 32610 and src.res == (4.0, 4.0)
+    with rasterio.open(tmp_path / "out" / "000000_instances.tif") as src:
+        instances = src.read(1)
+    objects = json.loads((tmp_path / "out" / "000000_objects.json").read_text())
+    assert len(objects) == instances.max() >= 3
+    building = CANONICAL.class_by_name("building").id
+    assert set(np.unique(semantic[instances > 0])) == {building}
+    assert (semantic == CANONICAL.class_by_name("road").id).sum() > 50
+    for obj in objects:  # boxes are exact: they enclose the instance's pixels
+        rows, cols = np.nonzero(instances == obj["instance_id"])
+        xmin, ymin, xmax, ymax = obj["bbox"]
+        assert xmin - 1 <= cols.min() and cols.max() <= xmax and ymin - 1 <= rows.min() and rows.max() <= ymax
+
+
+def test_generate_from_real_mask_and_errors(ctrl_bundle, tmp_path, caplog):
+    with rasterio.open(shared_file("seg/loveda/masks/1.png")) as src:
+        crop = src.read(1, window=((0, 64), (0, 64)))
+    mask = tmp_path / "mask.png"
+    with rasterio.open(mask, "w", driver="PNG", width=64, height=64, count=1, dtype="uint8") as dst:
+        dst.write(crop[None])
+    run_generate(GenerateJob(model=str(ctrl_bundle), out=tmp_path / "o", mask=mask, palette="loveda", steps=STEPS))
+    with rasterio.open(tmp_path / "o" / "000000_semantic.png") as src:
+        assert np.array_equal(
+            src.read(1), __import__("conditions.palettes").palettes.get_palette("loveda").to_canonical(crop)
+        )
+    assert not (tmp_path / "o" / "000000_instances.png").exists()
+    with pytest.raises(ValueError, match=r"--mask needs --palette"):
+        run_generate(GenerateJob(model=str(ctrl_bundle), out=tmp_path / "x", mask=mask))
+    with pytest.raises(ValueError, match=r"--layout needs --gsd"):
+        run_generate(GenerateJob(model=str(ctrl_bundle), out=tmp_path / "x", layouts=["a.geojson"]))
+    with pytest.raises(ValueError, match=r"unknown layer kind 'lakes'"):
+        parse_layout_spec("lakes:x.geojson")
+    args = [
+        "generate",
+        "--model",
+        str(ctrl_bundle),
+        "--mask",
+        str(mask),
+        "--palette",
+        "levir",
+        "--out",
+        str(tmp_path / "y"),
+    ]
+    assert main(args) == 2 and "unknown class id(s)" in caplog.text
+
+
+def test_inpaint_job_on_a_real_image(ctrl_bundle, tmp_path):
+    with rasterio.open(shared_file("change/levir_like/A/test_2_0000_0000.png")) as src:
+        rgb = src.read(window=((0, 64), (0, 64)))
+    image, region = tmp_path / "a.png", tmp_path / "r.png"
+    with rasterio.open(image, "w", driver="PNG", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(rgb)
+    hole = np.zeros((1, 64, 64), np.uint8)
+    hole[0, 16:40, 24:56] = 255
+    with rasterio.open(region, "w", driver="PNG", width=64, height=64, count=1, dtype="uint8") as dst:
+        dst.write(hole)
+    run_inpaint(
+        InpaintJob(model=str(ctrl_bundle), image=image, region=region, out=tmp_path / "o", feather=2, steps=STEPS)
+    )
+    with rasterio.open(tmp_path / "o" / "000000.png") as src:
+        out = src.read()
+    far = np.ones((64, 64), bool)
+    far[14:42, 22:58] = False  # region grown by the 2-pixel feather
+    assert np.array_equal(out[:, far], rgb[:, far])
+    assert (out[:, 16:40, 24:56] != rgb[:, 16:40, 24:56]).mean() > 0.5
+    sidecar = json.loads((tmp_path / "o" / "000000.json").read_text())
+    assert sidecar["changed_pixels"] == 28 * 36 and sidecar["feather_px"] == 2
