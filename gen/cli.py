@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--control-guidance", action="append", default=[], help="NAME=START:END fraction of the steps")
     _add_metadata_args(gen)
     gen.add_argument("--size", type=int, help="output size in pixels for vector layouts (default: native size)")
+    gen.add_argument("--tile", type=int, help="scenes larger than this (px) are generated in tiles (default: native)")
+    gen.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels for large scenes (default 64)")
     for parser_ in (gen,):
         parser_.add_argument("-n", "--num-samples", type=int, default=1, help="number of images (default 1)")
         parser_.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
@@ -279,7 +281,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     job = GenerateJob(
         model=args.model, out=args.out, prompt=args.prompt, negative_prompt=args.negative_prompt,
         layouts=args.layout, mask=args.mask, palette=args.palette, controls=args.control, control_scales=scales,
-        control_guidance=guidance, metadata=_metadata_from_args(args), size=args.size,
+        control_guidance=guidance, metadata=_metadata_from_args(args), size=args.size, tile=args.tile,
+        overlap=args.overlap,
         num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
         guidance=args.guidance, allow_pickle=args.allow_pickle, device=args.device, overwrite=args.overwrite,
     )  # fmt: skip

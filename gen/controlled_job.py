@@ -25,6 +25,7 @@ import rasterio
 import torch
 from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 from shapely.ops import unary_union
 
 from conditions.masks import encode_color, read_mask
@@ -36,9 +37,10 @@ from gen.progress import progress
 from gen.seeding import sample_generators, sample_seed
 from gen.txt2img_job import resolve_device
 from pipelines.controlled import RSControlledPipeline
-from synth_datasets.geotiff import GeoReference, utm_crs_for
-from synth_datasets.layout_writer import write_layout_sample
-from synth_datasets.sample_writer import sha256_file, write_image_sample
+from pipelines.controlled.scene import check_scene, decode_scene, scene_latents
+from synth_datasets.geotiff import GeoReference, geotiff_window_writer, utm_crs_for
+from synth_datasets.layout_writer import write_layout_labels, write_layout_sample
+from synth_datasets.sample_writer import sha256_file, write_image_sample, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class GenerateJob:
     control_guidance: dict[str, tuple[float, float]] = field(default_factory=dict)
     metadata: Metadata = field(default_factory=Metadata)
     size: int | None = None
+    tile: int | None = None  # scenes larger than this are generated in overlapping tiles
+    overlap: int = 64
     num_samples: int = 1
     batch_size: int = 1
     seed: int = 0
@@ -192,6 +196,9 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
     if semantic is None:
         semantic = np.full((height, width), 255, dtype=np.uint8)  # no semantic layout: all 'ignore'
     out.mkdir(parents=True, exist_ok=True)
+    tile = job.tile or pipe.model_card.native_size[0]
+    if height > tile or width > tile:
+        return _run_scene(job, pipe, controls, semantic, instances, objects, georef, conditions, tile)
     written = []
     bar = progress(total=job.num_samples, desc="generate", unit="img")
     for start in range(0, job.num_samples, job.batch_size):
@@ -211,6 +218,63 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
                                          objects=objects, georef=georef)  # fmt: skip
             written.append(sample.image)
         bar.update(n)
+    bar.close()
+    return written
+
+
+def _run_scene(
+    job: GenerateJob,
+    pipe: RSControlledPipeline,
+    controls: dict[str, torch.Tensor],
+    semantic: np.ndarray,
+    instances: np.ndarray | None,
+    objects: list | None,
+    georef: GeoReference | None,
+    conditions: list[dict[str, Any]],
+    tile: int,
+) -> list[Path]:
+    """Generate each sample as a tiled scene and stream its image to disk row by row."""
+    height, width = semantic.shape
+    controls_u8 = {k: (v * 255).round().to(torch.uint8) for k, v in controls.items()}  # compact scene canvas
+    check_scene(pipe, height, width, tile, job.overlap)
+    written = []
+    steps_total = job.num_samples * job.steps
+    bar = progress(total=steps_total, desc=f"scene {height}x{width}", unit="step")
+    for index in range(job.num_samples):
+        stem = f"{index:06d}"
+        latents = scene_latents(
+            pipe, job.prompt, controls_u8, tile=tile, overlap=job.overlap, control_scales=job.control_scales,
+            control_guidance=job.control_guidance, negative_prompt=job.negative_prompt,
+            metadata=job.metadata if pipe.has_metadata else None, num_inference_steps=job.steps,
+            guidance_scale=job.guidance, generator=sample_generators(job.seed, [index])[0], progress=bar.update,
+        )  # fmt: skip
+        labels = write_layout_labels(job.out, stem, semantic, instances=instances, objects=objects, georef=georef)
+        record = _provenance(job, pipe, "generate", index, conditions)
+        record.update(labels=labels, scene={"tile": tile, "overlap": job.overlap, "height": height, "width": width})
+        if georef is not None:
+            path = Path(job.out) / f"{stem}.tif"
+            with geotiff_window_writer(
+                path, width=width, height=height, count=3, dtype="uint8", crs=georef.crs,
+                transform=georef.transform, descriptions=["red", "green", "blue"], tags={"rsgen_provenance": record},
+            ) as dst:  # fmt: skip
+
+                def write(rows: np.ndarray, valid: np.ndarray, row_off: int, dst=dst) -> None:
+                    values = (rows * 255).round().astype(np.uint8)  # (3, n, W)
+                    dst.write(values, window=Window(0, row_off, width, values.shape[1]))
+
+                decode_scene(pipe, latents, tile=tile, overlap=job.overlap, write=write)
+        else:
+            canvas = np.zeros((3, height, width), dtype=np.uint8)
+
+            def write(rows: np.ndarray, valid: np.ndarray, row_off: int, canvas=canvas) -> None:
+                canvas[:, row_off : row_off + rows.shape[1]] = (rows * 255).round().astype(np.uint8)
+
+            decode_scene(pipe, latents, tile=tile, overlap=job.overlap, write=write)
+            path = write_image_sample(job.out, stem, np.moveaxis(canvas, 0, -1), record).image  # + sidecar
+            written.append(path)
+            continue
+        write_sidecar(job.out, stem, path, record, (height, width, 3), georef)
+        written.append(path)
     bar.close()
     return written
 

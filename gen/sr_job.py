@@ -39,6 +39,7 @@ from gen.progress import progress
 from gen.seeding import sample_generators
 from gen.txt2img_job import resolve_device
 from pipelines.super_resolution import RSSuperResolutionPipeline
+from pipelines.tiling import StripBlender, ramp, tile_starts
 from synth_datasets.atomic import atomic_write_text
 from synth_datasets.geotiff import geotiff_window_writer
 from synth_datasets.sample_writer import sha256_file
@@ -83,58 +84,6 @@ class SRJob:
             raise FileExistsError(f"out={str(self.out)!r} exists; pass --overwrite to replace it")
         if self.ref_strength_map is not None and self.ref is None:
             raise ValueError("ref_strength_map needs a reference (--ref)")
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` overlap."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
-
-
-def ramp(size: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
-    """1-D blend weights: rising over ``overlap`` pixels on a side with a neighbour, 1 elsewhere."""
-    weight = np.ones(size, dtype=np.float32)
-    if overlap > 0:
-        rising = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
-        if ramp_start:
-            weight[:overlap] = np.minimum(weight[:overlap], rising)
-        if ramp_end:
-            weight[size - overlap :] = np.minimum(weight[size - overlap :], rising[::-1])
-    return weight
-
-
-class StripBlender:
-    """Accumulates weighted tiles of one tile row (plus the overlap carried from the row above) and
-    hands finished rows to ``write(rows, row_off)``."""
-
-    def __init__(self, bands: int, height: int, width: int, strip_height: int, write) -> None:
-        self.height, self.width = height, width
-        self.acc = np.zeros((bands, strip_height, width), dtype=np.float32)  # (bands, strip, W)
-        self.weight = np.zeros((strip_height, width), dtype=np.float32)  # (strip, W)
-        self.valid = np.ones((strip_height, width), dtype=bool)  # (strip, W)
-        self.row0 = 0  # output row of the strip's first row
-        self.write = write
-
-    def add(self, tile: np.ndarray, weight: np.ndarray, valid: np.ndarray, row: int, col: int) -> None:
-        h, w = weight.shape
-        r = row - self.row0
-        self.acc[:, r : r + h, col : col + w] += tile * weight  # (bands, h, w)
-        self.weight[r : r + h, col : col + w] += weight
-        self.valid[r : r + h, col : col + w] &= valid
-
-    def flush_until(self, row: int) -> None:
-        n = min(row, self.height) - self.row0
-        if n <= 0:
-            return
-        rows = self.acc[:, :n] / self.weight[:n]  # (bands, n, W)
-        self.write(rows, self.valid[:n], self.row0)
-        for buffer, fill in ((self.acc, 0.0), (self.weight, 0.0), (self.valid, True)):
-            buffer[..., :-n, :] = buffer[..., n:, :].copy()
-            buffer[..., -n:, :] = fill
-        self.row0 += n
 
 
 def provenance(job: SRJob, pipe: RSSuperResolutionPipeline, grid: OutputGrid, **extra: Any) -> dict[str, Any]:

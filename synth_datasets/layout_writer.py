@@ -36,21 +36,17 @@ def _write_label(path: Path, array: np.ndarray, georef: GeoReference | None) -> 
     return atomic_write_bytes(path.with_suffix(".png"), buffer.getvalue())
 
 
-def write_layout_sample(
+def write_layout_labels(
     out_dir: str | os.PathLike,
     stem: str,
-    image: np.ndarray,
     semantic: np.ndarray,
-    provenance: dict[str, Any],
     *,
     instances: np.ndarray | None = None,
     objects: list[LayoutObject] | None = None,
     georef: GeoReference | None = None,
-) -> WrittenSample:
-    """Write image, labels and sidecar; ``image`` (H, W, 3), ``semantic``/``instances`` (H, W)."""
+) -> dict[str, dict[str, str]]:
+    """Write the label files of sample ``stem``; returns their names and sha256 for the sidecar."""
     out_dir = Path(out_dir)
-    if semantic.shape != image.shape[:2]:
-        raise ValueError(f"semantic: shape {semantic.shape} must equal the image's {image.shape[:2]}")
     labels: dict[str, dict[str, str]] = {}
     path = _write_label(out_dir / f"{stem}_semantic", semantic.astype(np.uint8), georef)
     labels["semantic"] = {"file": path.name, "sha256": sha256_file(path), "scheme": "canonical"}
@@ -63,5 +59,23 @@ def write_layout_sample(
         text = json.dumps([asdict(o) for o in objects], indent=1, default=str) + "\n"
         path = atomic_write_text(out_dir / f"{stem}_objects.json", text)
         labels["objects"] = {"file": path.name, "sha256": sha256_file(path), "count": str(len(objects))}
+    return labels
+
+
+def write_layout_sample(
+    out_dir: str | os.PathLike,
+    stem: str,
+    image: np.ndarray,
+    semantic: np.ndarray,
+    provenance: dict[str, Any],
+    *,
+    instances: np.ndarray | None = None,
+    objects: list[LayoutObject] | None = None,
+    georef: GeoReference | None = None,
+) -> WrittenSample:
+    """Write image, labels and sidecar; ``image`` (H, W, 3), ``semantic``/``instances`` (H, W)."""
+    if semantic.shape != image.shape[:2]:
+        raise ValueError(f"semantic: shape {semantic.shape} must equal the image's {image.shape[:2]}")
+    labels = write_layout_labels(out_dir, stem, semantic, instances=instances, objects=objects, georef=georef)
     fmt = "geotiff" if georef is not None else "png"
     return write_image_sample(out_dir, stem, image, {**provenance, "labels": labels}, fmt=fmt, georef=georef)

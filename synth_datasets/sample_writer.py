@@ -78,14 +78,26 @@ def write_image_sample(
         atomic_write_bytes(image_path, buffer.getvalue())
     else:
         write_geotiff(image_path, array, georef, descriptions=RGB_DESCRIPTIONS, tags={"rsgen_provenance": provenance})
+    return write_sidecar(out_dir, stem, image_path, provenance, array.shape, georef)
+
+
+def write_sidecar(
+    out_dir: str | os.PathLike,
+    stem: str,
+    image_path: Path,
+    provenance: dict[str, Any],
+    shape: tuple[int, ...],
+    georef: GeoReference | None = None,
+) -> WrittenSample:
+    """Write ``{stem}.json`` for an image already written: provenance + file name, sha256, shape, georef."""
     sidecar = dict(provenance)
     sidecar["file"] = image_path.name
     sidecar["sha256"] = sha256_file(image_path)
-    sidecar["shape"] = list(array.shape)
+    sidecar["shape"] = list(shape)
     if georef is not None:
         sidecar["crs"] = georef.crs.to_string() if georef.crs is not None else None
         sidecar["transform"] = list(georef.transform)[:6]
-        sidecar["bounds"] = list(georef.bounds(array.shape[0], array.shape[1]))
-    sidecar_path = out_dir / f"{stem}.json"
+        sidecar["bounds"] = list(georef.bounds(shape[0], shape[1]))
+    sidecar_path = Path(out_dir) / f"{stem}.json"
     atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return WrittenSample(image=image_path, sidecar=sidecar_path)

@@ -183,3 +183,35 @@ def test_inpaint_job_on_a_real_image(ctrl_bundle, tmp_path):
     assert (out[:, 16:40, 24:56] != rgb[:, 16:40, 24:56]).mean() > 0.5
     sidecar = json.loads((tmp_path / "o" / "000000.json").read_text())
     assert sidecar["changed_pixels"] == 28 * 36 and sidecar["feather_px"] == 2
+
+
+def test_scene_that_fits_one_tile_equals_a_single_call(ctrl_pipe):
+    from pipelines.controlled.scene import decode_scene, scene_latents
+
+    mask = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255).round().to(torch.uint8)
+    single = ctrl_pipe("x", controls={"mask": mask.float() / 255}, num_inference_steps=STEPS,
+                       generator=sample_generators(0, [0]), output_type="pt").images[0]  # fmt: skip
+    latents = scene_latents(ctrl_pipe, "x", {"mask": mask}, tile=64, overlap=16, num_inference_steps=STEPS,
+                            generator=sample_generators(0, [0])[0])  # fmt: skip
+    rows = []
+    decode_scene(ctrl_pipe, latents, tile=64, overlap=16, write=lambda r, v, off: rows.append((off, r)))
+    assert [off for off, _ in rows] == [0]
+    assert torch.equal(torch.from_numpy(rows[0][1]), single)
+
+
+def test_large_scene_from_real_osm_layout(ctrl_bundle, tmp_path):
+    job = GenerateJob(
+        model=str(ctrl_bundle), out=tmp_path / "scene", prompt="neighbourhood",
+        layouts=[f"buildings:{shared_file('vector/osm_west_oakland/buildings.geojson')}",
+                 f"roads:{shared_file('vector/osm_west_oakland/roads.geojson')}"],
+        metadata=__import__("conditions").Metadata(gsd=2.0), size=192, tile=64, overlap=16, steps=2,
+    )  # fmt: skip
+    (path,) = run_generate(job)
+    sidecar = json.loads((tmp_path / "scene" / "000000.json").read_text())
+    with rasterio.open(path) as src, rasterio.open(tmp_path / "scene" / "000000_semantic.tif") as sem:
+        assert (src.width, src.height, src.count) == (192, 192, 3) and src.res == (2.0, 2.0)
+        assert src.crs == sem.crs and src.transform == sem.transform and src.crs.to_epsg() == 32610
+        image = src.read()
+        assert list(src.bounds) == pytest.approx(sidecar["bounds"])
+    assert sidecar["scene"] == {"tile": 64, "overlap": 16, "height": 192, "width": 192}
+    assert image.std() > 0 and sidecar["sha256"] and sidecar["labels"]["objects"]["count"]

@@ -13,9 +13,10 @@ from rasterio.windows import Window
 from conditions.raster_input import OutputGrid, Radiometry, RasterInputError, RasterSource
 from gen.cli import main
 from gen.seeding import sample_generators
-from gen.sr_job import SRJob, StripBlender, ramp, run_sr, tile_starts
+from gen.sr_job import SRJob, run_sr
 from pipelines import BundleError
 from pipelines.super_resolution import RSSuperResolutionPipeline
+from pipelines.tiling import StripBlender, ramp, tile_starts
 from pipelines.tiny_bundle import TinySRBundleConfig, build_tiny_bundle
 from tests.conftest import shared_file
 

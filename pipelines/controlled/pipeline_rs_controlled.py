@@ -181,6 +181,66 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         latent = self.vae.encode(image.to(self.vae.dtype) * 2 - 1).latent_dist.mode()
         return latent * self.vae.config.scaling_factor
 
+    def prepare_controls(
+        self, controls: Mapping[str, torch.Tensor], device: torch.device, do_cfg: bool
+    ) -> dict[str, torch.Tensor]:
+        """Controls as model-dtype tensors in [0, 1] (uint8 inputs are divided by 255), doubled for guidance."""
+        prepared = {}
+        for name, cond in controls.items():
+            cond = cond.to(device)
+            cond = cond.float() / 255.0 if cond.dtype == torch.uint8 else cond  # (B, 3, H, W)
+            cond = cond.to(self.unet.dtype)
+            prepared[name] = torch.cat([cond] * 2) if do_cfg else cond
+        return prepared
+
+    def guided_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        fraction: float,
+        text_embeds: torch.Tensor,
+        metadata_embeds: torch.Tensor | None,
+        cond_images: Mapping[str, torch.Tensor],
+        control_scales: Mapping[str, float],
+        control_guidance: Mapping[str, tuple[float, float]],
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Classifier-free-guided noise prediction (B, C, h, w) with every active ControlNet's residuals."""
+        do_cfg = guidance_scale > 1.0
+        model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
+        model_in = self.scheduler.scale_model_input(model_in, t)
+        down, mid = None, None
+        for index, name in enumerate(self.control_names):
+            if name not in cond_images:
+                continue
+            start, end = control_guidance.get(name, (0.0, 1.0))
+            if not start <= fraction < end:
+                continue
+            d, m = self.controlnet.nets[index](
+                model_in, t, encoder_hidden_states=text_embeds, controlnet_cond=cond_images[name],
+                conditioning_scale=float(control_scales.get(name, 1.0)), class_labels=metadata_embeds,
+                return_dict=False,
+            )  # fmt: skip
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        pred = self.unet(
+            model_in,
+            t,
+            encoder_hidden_states=text_embeds,
+            class_labels=metadata_embeds,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample  # fmt: skip (nB, C, h, w)
+        if do_cfg:
+            pred_uncond, pred_cond = pred.chunk(2)
+            pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+        return pred
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> images (B, 3, 8h, 8w) float32 in [0, 1]."""
+        decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((decoded.float() + 1) / 2).clamp(0, 1)
+
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
@@ -220,11 +280,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         text_embeds = self.encode_prompt(prompts, negatives, device, do_cfg)  # (nB, L, D)
         metadata_embeds = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
         dtype = self.unet.dtype
-        active = [(i, name) for i, name in enumerate(self.control_names) if name in controls]
-        cond_images = {}
-        for _, name in active:
-            cond = controls[name].to(device=device, dtype=dtype)  # (B, 3, H, W)
-            cond_images[name] = torch.cat([cond] * 2) if do_cfg else cond  # (nB, 3, H, W)
+        cond_images = self.prepare_controls(controls, device, do_cfg)  # name -> (nB, 3, H, W)
         known_latent = None
         if image is not None:
             known_latent = self.encode_image(image.to(device))  # (B, C, h, w)
@@ -247,31 +303,10 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as progress:
             for step, t in enumerate(timesteps):
                 fraction = step / len(timesteps)
-                model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                down, mid = None, None
-                for index, name in active:
-                    start, end = control_guidance.get(name, (0.0, 1.0))
-                    if not start <= fraction < end:
-                        continue
-                    d, m = self.controlnet.nets[index](
-                        model_in, t, encoder_hidden_states=text_embeds, controlnet_cond=cond_images[name],
-                        conditioning_scale=float(control_scales.get(name, 1.0)), class_labels=metadata_embeds,
-                        return_dict=False,
-                    )  # fmt: skip
-                    down = d if down is None else [a + b for a, b in zip(down, d)]
-                    mid = m if mid is None else mid + m
-                pred = self.unet(
-                    model_in,
-                    t,
-                    encoder_hidden_states=text_embeds,
-                    class_labels=metadata_embeds,
-                    down_block_additional_residuals=down,
-                    mid_block_additional_residual=mid,
-                ).sample  # fmt: skip (nB, C, h, w)
-                if do_cfg:
-                    pred_uncond, pred_cond = pred.chunk(2)
-                    pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+                pred = self.guided_noise(
+                    latents, t, fraction, text_embeds, metadata_embeds, cond_images, control_scales,
+                    control_guidance, guidance_scale,
+                )  # fmt: skip
                 latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
                 if known_latent is not None:  # keep the known region on the input's noisy trajectory
                     if step + 1 < len(timesteps):
@@ -286,8 +321,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, 3, H, W)
-            decoded = ((decoded.float() + 1) / 2).clamp(0, 1)
+            decoded = self.decode_latents(latents)  # (B, 3, H, W)
             if image is not None:
                 original = image.to(decoded.device, torch.float32)
                 weights = feather_weights(mask_image.to(decoded.device), feather_px)  # (B, 1, H, W)
