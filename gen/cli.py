@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="vector layer, repeatable: PATH (lines = roads, polygons = buildings) or buildings:PATH, roads:PATH, "
         "polygons=CLASS:PATH (CLASS a canonical class, e.g. water)",
     )  # fmt: skip
+    gen.add_argument(
+        "--polygon-class", action="append", default=[],
+        help="attribute rule for polygons: KEY[=VALUE]:CLASS, e.g. natural=water:water, landuse=forest:tree",
+    )  # fmt: skip
     gen.add_argument("--mask", type=Path, help="semantic mask (PNG/GeoTIFF, ids or palette colours)")
     gen.add_argument("--palette", help="scheme of --mask: loveda, potsdam, vaihingen, openearthmap, second, levir")
     gen.add_argument(
@@ -278,13 +282,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--control-guidance {name}={value!r}: expected NAME=START:END, e.g. canny=0:0.6")
         guidance[name] = (float(start), float(end))
+    polygon_classes = {}
+    for rule in args.polygon_class:
+        key, sep, cls = rule.rpartition(":")
+        if not sep or not key or not cls:
+            raise ValueError(f"--polygon-class {rule!r}: expected KEY[=VALUE]:CLASS, e.g. natural=water:water")
+        polygon_classes[key] = cls
     job = GenerateJob(
         model=args.model, out=args.out, prompt=args.prompt, negative_prompt=args.negative_prompt,
-        layouts=args.layout, mask=args.mask, palette=args.palette, controls=args.control, control_scales=scales,
-        control_guidance=guidance, metadata=_metadata_from_args(args), size=args.size, tile=args.tile,
-        overlap=args.overlap,
-        num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-        guidance=args.guidance, allow_pickle=args.allow_pickle, device=args.device, overwrite=args.overwrite,
+        layouts=args.layout, polygon_classes=polygon_classes, mask=args.mask, palette=args.palette,
+        controls=args.control, control_scales=scales, control_guidance=guidance, metadata=_metadata_from_args(args),
+        size=args.size, tile=args.tile, overlap=args.overlap, num_samples=args.num_samples,
+        batch_size=args.batch_size, seed=args.seed, steps=args.steps, guidance=args.guidance,
+        allow_pickle=args.allow_pickle, device=args.device, overwrite=args.overwrite,
     )  # fmt: skip
     written = run_generate(job)
     sys.stdout.write(f"wrote {len(written)} images with labels and sidecars to {args.out}\n")

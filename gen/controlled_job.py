@@ -31,7 +31,7 @@ from shapely.ops import unary_union
 from conditions.masks import encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
-from conditions.vectors import LayerRule, LayoutLabels, TargetGrid, VectorError, read_vector
+from conditions.vectors import LayerRule, LayoutLabels, TargetGrid, VectorError, attribute_classifier, read_vector
 from gen import __version__
 from gen.progress import progress
 from gen.seeding import sample_generators, sample_seed
@@ -57,21 +57,26 @@ def parse_layout_spec(spec: str) -> tuple[str, str | None, Path]:
         path = tail
         if kind not in LAYER_KINDS:
             raise VectorError(f"--layout {spec!r}: unknown layer kind {kind!r}; use one of {LAYER_KINDS}")
-        if kind == "polygons":
-            if not cls:
-                raise VectorError(f"--layout {spec!r}: polygons need a class, e.g. polygons=water:lakes.geojson")
+        if kind == "polygons" and cls:
             CANONICAL.class_by_name(cls)
     return kind or "", cls or None, Path(path)
 
 
-def _layer_rule(spec: str) -> LayerRule:
+def _layer_rule(spec: str, polygon_classes: dict[str, str] | None = None) -> LayerRule:
     kind, cls, path = parse_layout_spec(spec)
+    if kind == "polygons" and not cls and not polygon_classes:
+        raise VectorError(
+            f"--layout {spec!r}: polygons need a class (polygons=water:PATH) or attribute rules "
+            "(--polygon-class natural=water:water)"
+        )
     layer = read_vector(path)
     if not kind:
         lines = sum(g.geom_type in ("LineString", "MultiLineString") for g in layer.geometries)
         kind = "roads" if lines > len(layer) / 2 else "buildings"
         logger.info("--layout %s: read as %s", path, kind)
-    classify = (lambda _props, c=cls: c) if kind == "polygons" else None
+    classify = None
+    if kind == "polygons":
+        classify = (lambda _props, c=cls: c) if cls else attribute_classifier(polygon_classes or {})
     return LayerRule(layer, kind, classify)
 
 
@@ -82,6 +87,7 @@ class GenerateJob:
     prompt: str = ""
     negative_prompt: str | None = None
     layouts: list[str] = field(default_factory=list)
+    polygon_classes: dict[str, str] = field(default_factory=dict)  # "natural=water" -> "water"
     mask: Path | None = None
     palette: str | None = None
     controls: list[str] = field(default_factory=list)
@@ -122,7 +128,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _layout_from_vectors(job: GenerateJob, size: int) -> tuple[LayoutLabels, list[dict[str, Any]]]:
-    rules = [_layer_rule(spec) for spec in job.layouts]
+    rules = [_layer_rule(spec, job.polygon_classes) for spec in job.layouts]
     md = job.metadata
     if md.lat is not None:
         lat, lon = md.lat, md.lon

@@ -215,3 +215,22 @@ def test_large_scene_from_real_osm_layout(ctrl_bundle, tmp_path):
         assert list(src.bounds) == pytest.approx(sidecar["bounds"])
     assert sidecar["scene"] == {"tile": 64, "overlap": 16, "height": 192, "width": 192}
     assert image.std() > 0 and sidecar["sha256"] and sidecar["labels"]["objects"]["count"]
+
+
+def test_polygon_attribute_rules_in_a_job(ctrl_bundle, tmp_path):
+    lon, lat = -122.300, 37.8076
+    square = [[lon, lat], [lon + 0.0004, lat], [lon + 0.0004, lat + 0.0004], [lon, lat + 0.0004], [lon, lat]]
+    features = [{"type": "Feature", "properties": {"natural": "water"},
+                 "geometry": {"type": "Polygon", "coordinates": [square]}}]  # fmt: skip
+    path = tmp_path / "lake.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    Metadata = __import__("conditions").Metadata
+    job = GenerateJob(model=str(ctrl_bundle), out=tmp_path / "o", layouts=[f"polygons:{path}"], steps=1,
+                      polygon_classes={"natural=water": "water"}, metadata=Metadata(gsd=1.0), size=64)  # fmt: skip
+    run_generate(job)
+    with rasterio.open(tmp_path / "o" / "000000_semantic.tif") as src:
+        water = (src.read(1) == CANONICAL.class_by_name("water").id).sum()
+    assert abs(water - 35.2 * 44.4) < 0.1 * 35.2 * 44.4  # ~0.0004 deg lon x lat at 37.8 N, 1 m pixels
+    with pytest.raises(ValueError, match=r"polygons need a class"):
+        run_generate(GenerateJob(model=str(ctrl_bundle), out=tmp_path / "p", layouts=[f"polygons:{path}"],
+                                 metadata=Metadata(gsd=1.0)))  # fmt: skip
