@@ -14,7 +14,6 @@ through :func:`load_aux_detector`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -29,6 +28,8 @@ import torch
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
+
+from conditions.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +85,6 @@ class ControlImage:
     def shape(self) -> tuple[int, int]:
         """(H, W) of the control image."""
         return int(self.tensor.shape[1]), int(self.tensor.shape[2])
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _open(path: str | os.PathLike, argument: str) -> rasterio.io.DatasetReader:
@@ -190,7 +182,7 @@ def _source_and_hash(source: str | os.PathLike | None) -> tuple[str | None, str 
     if source is None:
         return None, None
     path = Path(source)
-    return str(source), (file_sha256(path) if path.is_file() else None)
+    return str(source), (sha256_file(path) if path.is_file() else None)
 
 
 def canny_control(
@@ -272,7 +264,7 @@ def elevation_control(
         invalid |= dtm_invalid
         ground: np.ndarray | float = dtm
         params["ground"] = "dtm"
-        params["dtm_source"], params["dtm_sha256"] = str(dtm_path), file_sha256(dtm_path)
+        params["dtm_source"], params["dtm_sha256"] = str(dtm_path), sha256_file(dtm_path)
     else:
         if invalid.all():
             raise ControlImageError(f"dsm_path={str(dsm_path)!r}: every pixel is nodata; nothing to condition on")
@@ -292,7 +284,7 @@ def elevation_control(
         logger.info("%s: %d nodata pixel(s) set to 0", dsm_path, nodata_pixels)
     unit = (np.clip(height, 0.0, max_height_m) / max_height_m).astype(np.float32)
     tensor = torch.from_numpy(unit).unsqueeze(0).expand(3, -1, -1).contiguous()
-    return ControlImage("depth", tensor, str(dsm_path), file_sha256(dsm_path), params)
+    return ControlImage("depth", tensor, str(dsm_path), sha256_file(dsm_path), params)
 
 
 def load_aux_detector(name: str, source: str) -> Any:
@@ -351,7 +343,7 @@ def control_from_spec(spec: str, *, target_shape: tuple[int, int] | None = None)
             raise ControlImageError(f"control spec {spec!r}: expected depth:DSM_PATH or depth:DSM_PATH,DTM_PATH")
         return elevation_control(paths[0], paths[1] if len(paths) == 2 else None, target_shape=target_shape)
     rgb, _, _ = read_rgb(rest, target_shape=target_shape)
-    return ControlImage("image", _to_tensor(rgb), rest, file_sha256(rest), {})
+    return ControlImage("image", _to_tensor(rgb), rest, sha256_file(rest), {})
 
 
 __all__ = [
@@ -363,7 +355,7 @@ __all__ = [
     "canny_control",
     "control_from_spec",
     "elevation_control",
-    "file_sha256",
+    "sha256_file",
     "load_aux_detector",
     "read_rgb",
 ]

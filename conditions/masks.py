@@ -6,7 +6,6 @@ non-integer dtype, a size that does not match the target, or a mask that is all 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 
+from conditions.hashing import sha256_file
 from conditions.palettes import CANONICAL, IGNORE, Palette, PaletteError, check_ids, get_palette
 
 
@@ -97,8 +97,7 @@ def read_mask(
         raise MaskError(
             f"mask {str(path)!r}: every pixel is no-data/ignore ({scheme.ignore_ids}); nothing to condition on"
         )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return SemanticMask(ids.astype(np.uint8), scheme, crs, transform, str(path), digest)
+    return SemanticMask(ids.astype(np.uint8), scheme, crs, transform, str(path), sha256_file(path))
 
 
 def encode_onehot(mask: SemanticMask) -> torch.Tensor:

@@ -12,8 +12,6 @@ labels (semantic mask, instance mask, per-object boxes); further controls come f
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -28,19 +26,20 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from shapely.ops import unary_union
 
+from conditions.hashing import sha256_file
 from conditions.masks import encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
 from conditions.vectors import LayerRule, LayoutLabels, TargetGrid, VectorError, attribute_classifier, read_vector
-from gen import __version__
 from gen.progress import progress
+from gen.provenance import base_record
 from gen.seeding import sample_generators, sample_seed
 from gen.txt2img_job import resolve_device
 from pipelines.controlled import RSControlledPipeline
 from pipelines.controlled.scene import check_scene, decode_scene, scene_latents
 from synth_datasets.geotiff import GeoReference, geotiff_window_writer, utm_crs_for
 from synth_datasets.layout_writer import write_layout_labels, write_layout_sample
-from synth_datasets.sample_writer import sha256_file, write_image_sample, write_sidecar
+from synth_datasets.sample_writer import write_image_sample, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -287,19 +286,10 @@ def _run_scene(
 
 def _provenance(job: Any, pipe: RSControlledPipeline, task: str, index: int, conditions: list) -> dict[str, Any]:
     return {
-        "rsgen_version": __version__,
-        "task": task,
+        **base_record(task, pipe, job.model),
         "sample_index": index,
         "sample_seed": sample_seed(job.seed, index),
         "job_seed": job.seed,
-        "model": {
-            "source": str(job.model),
-            "name": pipe.model_card.name,
-            "weights_sha256": pipe.weights_sha256,
-            "smoke_test": pipe.model_card.smoke_test,
-        },  # fmt: skip
-        "pipeline": type(pipe).__name__,
-        "scheduler": json.loads(pipe.scheduler.to_json_string()),
         "steps": job.steps,
         "guidance_scale": job.guidance,
         "prompt": job.prompt,
@@ -308,8 +298,6 @@ def _provenance(job: Any, pipe: RSControlledPipeline, task: str, index: int, con
         "conditions": conditions,
         "control_scales": dict(getattr(job, "control_scales", {})),
         "control_guidance": {k: list(v) for k, v in getattr(job, "control_guidance", {}).items()},
-        "versions": {"torch": torch.__version__},
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -11,7 +11,6 @@ plus a strip of ``tile × width`` pixels: it grows with the raster's width, neve
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import math
@@ -19,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import numpy as np
 import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from conditions.hashing import sha256_file
 from conditions.raster_input import (
     OutputGrid,
     Radiometry,
@@ -34,15 +33,14 @@ from conditions.raster_input import (
     open_raster,
     parse_bands,
 )
-from gen import __version__
 from gen.progress import progress
+from gen.provenance import base_record
 from gen.seeding import sample_generators
 from gen.txt2img_job import resolve_device
 from pipelines.super_resolution import RSSuperResolutionPipeline
 from pipelines.tiling import StripBlender, ramp, tile_starts
 from synth_datasets.atomic import atomic_write_text
 from synth_datasets.geotiff import geotiff_window_writer
-from synth_datasets.sample_writer import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -88,16 +86,7 @@ class SRJob:
 
 def provenance(job: SRJob, pipe: RSSuperResolutionPipeline, grid: OutputGrid, **extra: Any) -> dict[str, Any]:
     return {
-        "rsgen_version": __version__,
-        "task": "super_resolution",
-        "model": {
-            "source": str(job.model),
-            "name": pipe.model_card.name,
-            "weights_sha256": pipe.weights_sha256,
-            "smoke_test": pipe.model_card.smoke_test,
-        },
-        "pipeline": type(pipe).__name__,
-        "scheduler": json.loads(pipe.scheduler.to_json_string()),
+        **base_record("super_resolution", pipe, job.model),
         "lr": {"path": str(job.lr), "sha256": sha256_file(job.lr)},
         "reference": {"path": str(job.ref), "sha256": sha256_file(job.ref)} if job.ref else None,
         "reference_strength": job.ref_strength,
@@ -114,8 +103,6 @@ def provenance(job: SRJob, pipe: RSSuperResolutionPipeline, grid: OutputGrid, **
             "crs": grid.crs.to_string() if grid.crs else None,
             "transform": list(grid.transform)[:6],
         },
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **extra,
     }
 

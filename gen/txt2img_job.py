@@ -6,20 +6,16 @@ the same whatever the batch size.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-import transformers
 
 from conditions.metadata import Metadata
-from gen import __version__
 from gen.progress import progress
+from gen.provenance import base_record
 from gen.seeding import sample_generators, sample_seed
 from pipelines.text2img import RSText2ImagePipeline
 from synth_datasets.geotiff import georeference_from_point
@@ -92,21 +88,11 @@ def load_pipeline(model: str, *, allow_pickle: bool = False, device: str = "auto
 
 def provenance(job: Txt2ImgJob, pipe: RSText2ImagePipeline, index: int, height: int, width: int) -> dict[str, Any]:
     """The sidecar record of sample ``index``: enough to regenerate it exactly."""
-    card = pipe.model_card
     return {
-        "rsgen_version": __version__,
-        "task": "txt2img",
+        **base_record("txt2img", pipe, job.model),
         "sample_index": index,
         "sample_seed": sample_seed(job.seed, index),
         "job_seed": job.seed,
-        "model": {
-            "source": str(job.model),
-            "name": card.name,
-            "weights_sha256": pipe.weights_sha256,
-            "smoke_test": card.smoke_test,
-        },
-        "pipeline": type(pipe).__name__,
-        "scheduler": json.loads(pipe.scheduler.to_json_string()),
         "steps": job.steps,
         "guidance_scale": job.guidance,
         "prompt": job.prompt,
@@ -115,13 +101,6 @@ def provenance(job: Txt2ImgJob, pipe: RSText2ImagePipeline, index: int, height: 
         "metadata_conditioned": pipe.has_metadata,
         "height": height,
         "width": width,
-        "versions": {
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-        },
-        "device": str(pipe.device),
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

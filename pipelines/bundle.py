@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from safetensors import safe_open
 
+from conditions.hashing import sha256_file
 from synth_datasets.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -168,11 +169,7 @@ def weights_sha256(folder: Path, files: list[Path]) -> str:
     """One sha256 over the weight files' relative paths and contents (provenance of a sample)."""
     digest = hashlib.sha256()
     for path in sorted(files):
-        file_hash = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                file_hash.update(chunk)
-        digest.update(f"{path.relative_to(folder).as_posix()}:{file_hash.hexdigest()}\n".encode())
+        digest.update(f"{path.relative_to(folder).as_posix()}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from conditions.hashing import sha256_file
 from conditions.vectors import LayoutObject
 from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
 from synth_datasets.geotiff import GeoReference, write_geotiff
-from synth_datasets.sample_writer import WrittenSample, sha256_file, write_image_sample
+from synth_datasets.sample_writer import WrittenSample, write_image_sample
 
 
 def _write_label(path: Path, array: np.ndarray, georef: GeoReference | None) -> Path:

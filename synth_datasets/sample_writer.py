@@ -7,7 +7,6 @@ a sidecar, never a truncated file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from conditions.hashing import sha256_file
 from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
 from synth_datasets.geotiff import RGB_DESCRIPTIONS, GeoReference, write_geotiff
 
@@ -40,14 +40,6 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
             raise ValueError("image: contains NaN or infinite values; the pipeline output is broken")
         return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     raise ValueError(f"image: expected uint8 or float in [0, 1], got dtype {array.dtype}")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_image_sample(

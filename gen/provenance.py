@@ -1,0 +1,38 @@
+"""The provenance every job records: rsgen and library versions, the model and its weights' hash,
+the pipeline and its scheduler configuration, and when."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+
+from gen import __version__
+
+
+def base_record(task: str, pipe: Any, model_source: str) -> dict[str, Any]:
+    """Fields shared by the sidecars of every task; jobs add their own inputs and seeds."""
+    card = pipe.model_card
+    return {
+        "rsgen_version": __version__,
+        "task": task,
+        "model": {
+            "source": str(model_source),
+            "name": card.name,
+            "weights_sha256": pipe.weights_sha256,
+            "smoke_test": card.smoke_test,
+        },
+        "pipeline": type(pipe).__name__,
+        "scheduler": json.loads(pipe.scheduler.to_json_string()),
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
+        "device": str(pipe.device),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
