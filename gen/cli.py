@@ -183,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (unsafe)")
         parser_.add_argument("--overwrite", action="store_true", help="write into a folder that already holds samples")
 
+    run = sub.add_parser(
+        "run",
+        help="run a YAML job spec: deterministic, sharded, resumable, multi-process",
+        description="Run or resume a dataset job. Sample i depends only on (seed, i): the same bytes for any "
+        "number of processes or after an interruption. Re-running the same command resumes; a different spec "
+        "in the same --out folder is refused.",
+        epilog="examples:\n  rsgen run examples/jobs/txt2img.yaml --set model=models/tiny --out data/ --dry-run\n"
+        "  rsgen run examples/jobs/txt2img.yaml --set model=models/tiny --set num_samples=1000 --out data/ "
+        "--num-processes 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("spec", type=Path, help="job spec (YAML)")
+    run.add_argument("--out", type=Path, help="output folder (overrides the spec's 'out')")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the plan; generate nothing")
+    run.add_argument("--num-processes", type=int, default=1, help="launch N processes through accelerate")
+
     model = sub.add_parser("model", help="create and inspect model bundles")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
     tiny = model_sub.add_parser(
@@ -317,6 +334,41 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gen.job_spec import apply_overrides, load_spec_file, validate_spec
+
+    data = apply_overrides(load_spec_file(args.spec), args.set)
+    out = args.out or data.get("out")
+    if not out:
+        raise ValueError("no output folder: pass --out DIR or set 'out' in the spec")
+    spec = validate_spec(data)
+    if args.dry_run:
+        plan = {
+            "task": spec.task, "model": spec.model, "out": str(out), "num_samples": spec.num_samples,
+            "shards": spec.num_shards, "shard_size": spec.shard_size, "batch_size": spec.batch_size,
+            "processes": args.num_processes, "spec_sha256": spec.digest(),
+            "first_samples": [
+                {"index": i, "prompt": c["prompt"], "metadata": c["metadata"].to_dict(),
+                 **({"mask": str(c["mask"])} if "mask" in c else {})}
+                for i, c in ((i, spec.sample_conditions(i)) for i in range(min(3, spec.num_samples)))
+            ],
+        }  # fmt: skip
+        sys.stdout.write(json.dumps(plan, indent=2, default=str) + "\n")
+        return 0
+    if args.num_processes > 1:
+        import subprocess
+
+        cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(args.num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gen", "run",
+               str(args.spec), "--out", str(out)] + [x for item in args.set for x in ("--set", item)]  # fmt: skip
+        return subprocess.call(cmd)
+    from gen.job_runner import run_job
+
+    summary = run_job(spec, out)
+    sys.stdout.write(f"job done: {summary['num_samples']} samples in {summary['num_shards']} shard(s) at {out}\n")
+    return 0
+
+
 def _cmd_model(args: argparse.Namespace) -> int:
     if args.model_command == "init-tiny":
         from pipelines.tiny_bundle import (
@@ -396,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generate": _cmd_generate,
         "inpaint": _cmd_inpaint,
         "sr": _cmd_sr,
+        "run": _cmd_run,
         "model": _cmd_model,
         "quickstart": _cmd_quickstart,
     }
@@ -408,13 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from conditions.palettes import PaletteError
     from conditions.raster_input import RasterInputError
     from conditions.vectors import VectorError
+    from gen.job_runner import JobLockError
     from pipelines.bundle import BundleError
 
     try:
         return handlers[args.command](args)
     except (
-        BundleError, MetadataError, RasterInputError, MaskError, PaletteError, VectorError, ValueError,
-        FileExistsError, FileNotFoundError,
+        BundleError, MetadataError, RasterInputError, MaskError, PaletteError, VectorError, JobLockError,
+        ValueError, FileExistsError, FileNotFoundError,
     ) as err:  # fmt: skip
         logger.error("%s", err)
         return 2

@@ -69,7 +69,9 @@ def write_image_sample(
         PIL.Image.fromarray(array).save(buffer, format="PNG")
         atomic_write_bytes(image_path, buffer.getvalue())
     else:
-        write_geotiff(image_path, array, georef, descriptions=RGB_DESCRIPTIONS, tags={"rsgen_provenance": provenance})
+        # No timestamp inside the image: the same sample always has the same bytes (it is in the sidecar).
+        stable = {k: v for k, v in provenance.items() if k != "created"}
+        write_geotiff(image_path, array, georef, descriptions=RGB_DESCRIPTIONS, tags={"rsgen_provenance": stable})
     return write_sidecar(out_dir, stem, image_path, provenance, array.shape, georef)
 
 

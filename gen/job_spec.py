@@ -1,0 +1,266 @@
+"""YAML job specs: loading (safe), validation with key paths, overrides, and per-sample condition sampling.
+
+A spec names the task and model, where conditions come from, how many samples, shards and the job
+seed. Everything a sample needs is drawn from its own generator seeded by ``sample_seed(seed, i)``,
+so sample ``i`` never depends on the number of workers, the batch size or the order of completion.
+
+Example (``examples/jobs/txt2img.yaml``)::
+
+    task: txt2img
+    model: models/tiny
+    num_samples: 100
+    seed: 0
+    batch_size: 4
+    shard_size: 50
+    prompts: ["dense residential area", "farmland with a river"]
+    metadata:
+      gsd: {loguniform: [0.3, 10]}
+      date: {range: ["2018-01-01", "2023-12-31"]}
+      location: {box: [4.7, 52.2, 5.1, 52.5]}     # lon_min, lat_min, lon_max, lat_max
+      cloud: {uniform: [0, 0.2]}
+      sensor: {choice: [aerial, sentinel-2]}
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from conditions.metadata import Metadata, MetadataError, parse_date
+from conditions.palettes import PALETTES
+from gen.seeding import sample_seed
+
+TASKS = ("txt2img", "generate")
+FORMATS = ("png", "geotiff")
+DISTRIBUTIONS = ("uniform", "loguniform", "choice", "range", "box")
+
+
+class SpecError(ValueError):
+    """A job spec key is missing, unknown or has an invalid value; the message names the key path."""
+
+
+def _err(path: str, message: str) -> SpecError:
+    return SpecError(f"{path}: {message}")
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"job spec {str(path)!r}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpecError(f"job spec {str(path)!r}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"job spec {str(path)!r}: expected a mapping of keys at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``--set a.b=value`` overrides; values are parsed as YAML (numbers, lists, strings)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set num_samples=100")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {item!r}: {part} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    task: str
+    model: str
+    num_samples: int
+    seed: int
+    batch_size: int
+    shard_size: int
+    steps: int
+    guidance: float
+    threads: int
+    prompts: tuple[str, ...]
+    negative_prompt: str | None
+    metadata: dict[str, Any]
+    format: str
+    masks: dict[str, Any] | None
+    raw: dict[str, Any]
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.num_samples / self.shard_size)
+
+    def shard_indices(self, shard: int) -> range:
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_samples))
+
+    def digest(self) -> str:
+        """sha256 of the resolved spec (what a resume must match)."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+
+    def mask_files(self) -> list[Path]:
+        folder = Path(self.masks["dir"])
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+        if not files:
+            raise _err("masks.dir", f"{str(folder)!r} holds no .png/.tif masks")
+        return files
+
+    # ------------------------------------------------------------------ per-sample conditions
+    def sample_conditions(self, index: int) -> dict[str, Any]:
+        """Prompt, metadata (and mask file) of sample ``index``: a function of (seed, index) only."""
+        rng = np.random.default_rng(sample_seed(self.seed, index))
+        prompt = self.prompts[int(rng.integers(len(self.prompts)))]
+        values: dict[str, Any] = {}
+        for name in ("gsd", "date", "location", "cloud", "sensor"):
+            if name in self.metadata:
+                values[name] = _draw(self.metadata[name], rng)
+        location = values.pop("location", None)
+        if location is not None:
+            values["lon"], values["lat"] = location
+        out = {"prompt": prompt, "metadata": Metadata(**values)}
+        if self.masks is not None:
+            files = self.mask_files()
+            out["mask"] = files[index % len(files)]
+        return out
+
+
+def _draw(dist: Any, rng: np.random.Generator) -> Any:
+    if not isinstance(dist, dict):
+        return dist
+    ((kind, args),) = dist.items()
+    if kind == "uniform":
+        return float(rng.uniform(args[0], args[1]))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+    if kind == "choice":
+        return args[int(rng.integers(len(args)))]
+    if kind == "range":
+        start, end = parse_date(args[0]), parse_date(args[1])
+        return start + dt.timedelta(days=int(rng.integers((end - start).days + 1)))
+    if kind == "box":
+        lon_min, lat_min, lon_max, lat_max = args
+        return float(rng.uniform(lon_min, lon_max)), float(rng.uniform(lat_min, lat_max))
+    raise AssertionError(kind)  # validated before
+
+
+# ---------------------------------------------------------------------- validation
+KNOWN_KEYS = {
+    "task", "model", "num_samples", "seed", "batch_size", "shard_size", "steps", "guidance", "threads",
+    "prompts", "negative_prompt", "metadata", "format", "masks", "out",
+}  # fmt: skip
+
+
+def _int(data: dict, key: str, default: int | None, low: int) -> int:
+    value = data.get(key, default)
+    if value is None:
+        raise _err(key, "required")
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _err(key, f"expected an integer >= {low}, got {value!r}")
+    return value
+
+
+def _validate_distribution(path: str, dist: Any) -> None:
+    if not isinstance(dist, dict):
+        return
+    if len(dist) != 1:
+        raise _err(path, f"expected one of {DISTRIBUTIONS} as a single key, got {sorted(dist)}")
+    ((kind, args),) = dist.items()
+    if kind not in DISTRIBUTIONS:
+        raise _err(path, f"unknown distribution {kind!r}; use one of {DISTRIBUTIONS}")
+    sub = f"{path}.{kind}"
+    if kind in ("uniform", "loguniform"):
+        if not (isinstance(args, list) and len(args) == 2 and all(isinstance(v, int | float) for v in args)):
+            raise _err(sub, f"expected [min, max], got {args!r}")
+        if not args[0] <= args[1] or (kind == "loguniform" and args[0] <= 0):
+            raise _err(sub, f"expected min <= max{' and min > 0' if kind == 'loguniform' else ''}, got {args!r}")
+    elif kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise _err(sub, f"expected a non-empty list, got {args!r}")
+    elif kind == "range":
+        if not (isinstance(args, list) and len(args) == 2):
+            raise _err(sub, f"expected [start_date, end_date], got {args!r}")
+        try:
+            start, end = parse_date(str(args[0])), parse_date(str(args[1]))
+        except MetadataError as err:
+            raise _err(sub, str(err)) from None
+        if start > end:
+            raise _err(sub, f"start {start} is after end {end}")
+    elif kind == "box":
+        ok = isinstance(args, list) and len(args) == 4 and all(isinstance(v, int | float) for v in args)
+        if not ok or not (-180 <= args[0] <= args[2] <= 180 and -90 <= args[1] <= args[3] <= 90):
+            raise _err(sub, f"expected [lon_min, lat_min, lon_max, lat_max] in degrees, got {args!r}")
+
+
+def validate_spec(data: dict[str, Any]) -> JobSpec:
+    """Validate a spec mapping; errors name the key path (``metadata.cloud.uniform: ...``)."""
+    unknown = sorted(set(data) - KNOWN_KEYS)
+    if unknown:
+        raise _err(unknown[0], f"unknown key; known keys are {sorted(KNOWN_KEYS)}")
+    task = data.get("task")
+    if task not in TASKS:
+        raise _err("task", f"expected one of {TASKS}, got {task!r}")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _err("model", "required: a bundle folder or hub id (or --set model=DIR)")
+    num_samples = _int(data, "num_samples", None, 1)
+    seed = _int(data, "seed", 0, 0)
+    batch_size = _int(data, "batch_size", 4, 1)
+    shard_size = _int(data, "shard_size", 100, 1)
+    steps = _int(data, "steps", 20, 1)
+    threads = _int(data, "threads", 1, 1)
+    guidance = data.get("guidance", 7.5)
+    if not isinstance(guidance, int | float) or guidance < 0:
+        raise _err("guidance", f"expected a number >= 0, got {guidance!r}")
+    prompts = data.get("prompts", [""])
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise _err("prompts", f"expected a non-empty list of strings, got {prompts!r}")
+    negative = data.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise _err("negative_prompt", f"expected a string, got {negative!r}")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise _err("metadata", f"expected a mapping of field -> value or distribution, got {metadata!r}")
+    for key, dist in metadata.items():
+        if key not in ("gsd", "date", "location", "cloud", "sensor"):
+            raise _err(f"metadata.{key}", "unknown field; use gsd, date, location, cloud, sensor")
+        _validate_distribution(f"metadata.{key}", dist)
+    if "cloud" in metadata and isinstance(metadata["cloud"], dict) and "uniform" in metadata["cloud"]:
+        low, high = metadata["cloud"]["uniform"]
+        if not 0 <= low <= high <= 1:
+            raise _err("metadata.cloud.uniform", f"expected fractions in [0, 1], got {[low, high]}")
+    fmt = data.get("format", "png")
+    if fmt not in FORMATS:
+        raise _err("format", f"expected one of {FORMATS}, got {fmt!r}")
+    if fmt == "geotiff" and not ({"gsd", "location"} <= set(metadata)):
+        raise _err("format", "geotiff needs metadata.gsd and metadata.location to place each image")
+    masks = data.get("masks")
+    if task == "generate":
+        if not isinstance(masks, dict) or "dir" not in masks or "palette" not in masks:
+            raise _err("masks", "task generate needs masks: {dir: FOLDER, palette: NAME}")
+        if masks["palette"] not in PALETTES:
+            raise _err("masks.palette", f"unknown scheme {masks['palette']!r}; choose one of {sorted(PALETTES)}")
+        if not Path(masks["dir"]).is_dir():
+            raise _err("masks.dir", f"{masks['dir']!r} is not a folder")
+    elif masks is not None:
+        raise _err("masks", f"only used by task generate, not {task}")
+    resolved = {k: v for k, v in data.items() if k != "out"}
+    return JobSpec(
+        task=task, model=model, num_samples=num_samples, seed=seed, batch_size=batch_size, shard_size=shard_size,
+        steps=steps, guidance=float(guidance), threads=threads, prompts=tuple(prompts), negative_prompt=negative,
+        metadata=metadata, format=fmt, masks=masks, raw=resolved,
+    )  # fmt: skip

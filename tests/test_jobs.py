@@ -1,0 +1,185 @@
+"""YAML job specs and the sharded, resumable, multi-process job runner."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from gen.cli import main
+from gen.job_runner import JobLockError, run_job
+from gen.job_spec import SpecError, apply_overrides, validate_spec
+from tests.conftest import shared_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spec_dict(model, **kw):
+    base = {
+        "task": "txt2img", "model": str(model), "num_samples": 12, "seed": 3, "batch_size": 2, "shard_size": 4,
+        "steps": 3, "threads": 1, "prompts": ["a river", "houses"],
+        "metadata": {"gsd": {"loguniform": [0.5, 2.0]}, "date": {"range": ["2019-01-01", "2020-12-31"]},
+                     "cloud": {"uniform": [0, 0.3]}, "sensor": {"choice": ["aerial", "naip"]}},
+    }  # fmt: skip
+    base.update(kw)
+    return base
+
+
+def rsgen(*args, check=True, **popen):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RSGEN_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "gen", *args], capture_output=True, text=True, env=env, check=check,
+                          cwd=REPO, timeout=600, **popen)  # fmt: skip
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """sha256 of every image and label file (sidecars and manifests carry timestamps)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.suffix in (".png", ".tif")}  # fmt: skip
+
+
+def manifest(folder: Path) -> list[dict]:
+    entries = []
+    for line in (folder / "manifest.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        entry["provenance"].pop("created")
+        entries.append(entry)
+    return entries
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"task": "draw"}, r"task: expected one of \('txt2img', 'generate'\), got 'draw'"),
+        ({"colour": 1}, r"colour: unknown key"),
+        ({"num_samples": 0}, r"num_samples: expected an integer >= 1, got 0"),
+        ({"metadata": {"cloud": {"uniform": [0, 1.7]}}}, r"metadata\.cloud\.uniform: expected fractions in \[0, 1\]"),
+        ({"metadata": {"gsd": {"loguniform": [0, 2]}}}, r"metadata\.gsd\.loguniform: expected min <= max and min > 0"),
+        ({"metadata": {"gsd": {"normal": [1, 2]}}}, r"metadata\.gsd: unknown distribution 'normal'"),
+        (
+            {"metadata": {"date": {"range": ["2020-01-01", "2019-01-01"]}}},
+            r"metadata\.date\.range: start 2020-01-01 is after",
+        ),
+        ({"metadata": {"location": {"box": [10, 50, 5, 55]}}}, r"metadata\.location\.box: expected \[lon_min"),
+        ({"metadata": {"height": 3}}, r"metadata\.height: unknown field"),
+        ({"format": "geotiff"}, r"format: geotiff needs metadata\.gsd and metadata\.location"),
+        ({"task": "generate"}, r"masks: task generate needs masks"),
+        ({"prompts": []}, r"prompts: expected a non-empty list of strings"),
+    ],
+)
+def test_spec_validation_names_the_key(change, match, tmp_path):
+    data = spec_dict("m", **change)
+    with pytest.raises(SpecError, match=match):
+        validate_spec(data)
+
+
+def test_overrides_and_deterministic_conditions():
+    data = apply_overrides(spec_dict("m"), ["num_samples=5", "metadata.cloud={uniform: [0, 0.1]}", "model=other"])
+    spec = validate_spec(data)
+    assert spec.num_samples == 5 and spec.model == "other" and spec.metadata["cloud"] == {"uniform": [0, 0.1]}
+    assert spec.sample_conditions(3) == validate_spec(data).sample_conditions(3)
+    conds = [spec.sample_conditions(i) for i in range(5)]
+    assert all(0.5 <= c["metadata"].gsd <= 2.0 and 0 <= c["metadata"].cloud <= 0.1 for c in conds)
+    assert len({c["metadata"].gsd for c in conds}) == 5
+    with pytest.raises(SpecError, match=r"--set 'oops': expected KEY=VALUE"):
+        apply_overrides({}, ["oops"])
+
+
+@pytest.fixture(scope="module")
+def job_model(tmp_path_factory):
+    from pipelines.tiny_bundle import TinyBundleConfig, build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("jobs") / "m", TinyBundleConfig(image_size=64))
+
+
+@pytest.fixture(scope="module")
+def reference_run(job_model, tmp_path_factory):
+    """An uninterrupted single-process run of the job, in this process."""
+    folder = tmp_path_factory.mktemp("jobs") / "ref"
+    summary = run_job(validate_spec(spec_dict(job_model)), folder)
+    assert summary["written_by_this_process"] == 12
+    return folder
+
+
+def test_outputs_manifest_and_lock(reference_run, job_model):
+    assert sorted(p.name for p in (reference_run / "shards").glob("*.jsonl")) == [
+        "00000.jsonl",
+        "00001.jsonl",
+        "00002.jsonl",
+    ]
+    entries = manifest(reference_run)
+    assert [e["index"] for e in entries] == list(range(12))
+    for e in entries:
+        image = reference_run / e["files"]["image"]
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == e["sha256"]
+        assert e["provenance"]["sample_index"] == e["index"]
+    assert yaml.safe_load((reference_run / "spec.yaml").read_text())["seed"] == 3
+    # The same spec again is a resume with nothing to do; another spec is refused.
+    assert run_job(validate_spec(spec_dict(job_model)), reference_run)["written_by_this_process"] == 0
+    with pytest.raises(JobLockError, match=r"holds another job .* use a new --out folder"):
+        run_job(validate_spec(spec_dict(job_model, seed=4)), reference_run)
+
+
+def test_two_processes_give_the_same_dataset(reference_run, job_model, tmp_path):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict(job_model)))
+    rsgen("run", str(spec_file), "--out", str(tmp_path / "two"), "--num-processes", "2")
+    assert tree(tmp_path / "two") == tree(reference_run)
+    assert manifest(tmp_path / "two") == manifest(reference_run)
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(reference_run, job_model, tmp_path):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict(job_model)))
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RSGEN_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "gen", "run", str(spec_file), "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("shards/*/*.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = list(out.glob("shards/*/*.json"))
+    assert 3 <= len(done) < 12, "the job should have been killed part-way"
+    for sidecar in done:  # everything under a final name is complete
+        entry = json.loads(sidecar.read_text())
+        assert hashlib.sha256((sidecar.parent / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert not (out / "manifest.jsonl").exists()
+    rsgen("run", str(spec_file), "--out", str(out))
+    assert tree(out) == tree(reference_run)
+    assert manifest(out) == manifest(reference_run)
+    assert not list(out.rglob(".rsgen-tmp-*"))
+
+
+def test_generate_job_from_a_mask_folder(tmp_path, capsys):
+    from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
+
+    model = build_tiny_bundle(tmp_path / "ctrl", TinyControlledBundleConfig(image_size=64, controls=("mask",)))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    with rasterio.open(shared_file("seg/loveda/masks/1.png")) as src:
+        full = src.read(1)
+    for k, (r, c) in enumerate([(0, 0), (512, 512), (256, 768)]):
+        with rasterio.open(masks / f"m{k}.png", "w", driver="PNG", width=64, height=64, count=1, dtype="uint8") as dst:
+            dst.write(full[None, r : r + 64, c : c + 64])
+    spec = {"task": "generate", "model": str(model), "num_samples": 4, "batch_size": 2, "shard_size": 4, "steps": 2,
+            "masks": {"dir": str(masks), "palette": "loveda"}, "prompts": ["fields"]}  # fmt: skip
+    spec_file = tmp_path / "gen.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["first_samples"][1]["mask"].endswith("m1.png")
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "out")]) == 0
+    entries = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert len(entries) == 4 and all("semantic" in e["files"] for e in entries)
+    with rasterio.open(tmp_path / "out" / entries[3]["files"]["semantic"]) as src:  # sample 3 uses mask 0 again
+        from conditions.palettes import get_palette
+
+        assert np.array_equal(src.read(1), get_palette("loveda").to_canonical(full[:64, :64]))
