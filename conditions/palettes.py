@@ -140,7 +140,7 @@ def _palette(name: str, rows: Iterable[tuple[int, str, tuple[int, int, int], str
 CANONICAL = _palette(
     "canonical",
     [
-        (0, "background", (0, 0, 0), "background"),
+        (0, "background", (70, 70, 70), "background"),  # not black: black is 'ignore' in colour masks
         (1, "building", (220, 20, 60), "building"),
         (2, "road", (255, 255, 255), "road"),
         (3, "impervious", (160, 160, 160), "impervious"),

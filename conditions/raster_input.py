@@ -205,12 +205,23 @@ class RasterSource:
     def read_on_grid(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """(bands, h, w) float32 in [0, 1] and a (h, w) bool validity mask (False = nodata/outside)."""
         raw = self.read_raw(window)
-        if self._vrt is not None:  # the warp honours the source nodata and fills outside with it
-            valid = ~(raw == self._vrt.nodata).all(axis=0) if self.nodata is not None else self._inside_mask(window)
-            valid &= self._inside_mask(window)
+        if self._vrt is not None:  # the warp's mask: False outside the source footprint and on nodata
+            valid = self._warped_valid_mask(window)
         else:
             valid = self._aligned_valid_mask(window)
         return self.radiometry.to_unit(raw), valid
+
+    def _warped_valid_mask(self, window: Window) -> np.ndarray:
+        valid = np.zeros((int(window.height), int(window.width)), dtype=bool)
+        row0, col0 = max(int(window.row_off), 0), max(int(window.col_off), 0)
+        row1 = min(int(window.row_off + window.height), self.grid.height)
+        col1 = min(int(window.col_off + window.width), self.grid.width)
+        if row1 > row0 and col1 > col0:
+            inner = Window(col0, row0, col1 - col0, row1 - row0)
+            masks = self._vrt.read_masks(self.bands, window=inner)  # (bands, h, w) 0 = invalid
+            r, c = row0 - int(window.row_off), col0 - int(window.col_off)
+            valid[r : r + row1 - row0, c : c + col1 - col0] = (masks > 0).all(axis=0)
+        return valid
 
     def _inside_mask(self, window: Window) -> np.ndarray:
         rows = np.arange(int(window.row_off), int(window.row_off) + int(window.height))

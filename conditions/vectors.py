@@ -58,6 +58,7 @@ class VectorLayer:
     sha256: str | None = None
     repaired: int = 0
     dropped: int = 0
+    feature_ids: list[int] | None = None  # index of each geometry in the source file (after drops)
 
     def __len__(self) -> int:
         return len(self.geometries)
@@ -70,7 +71,7 @@ class VectorLayer:
         geoms = [shapely.transform(g, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
                  for g in self.geometries]  # fmt: skip
         return VectorLayer(geoms, self.properties, CRS.from_user_input(crs), self.source, self.sha256,
-                           self.repaired, self.dropped)  # fmt: skip
+                           self.repaired, self.dropped, self.feature_ids)  # fmt: skip
 
 
 def _fix_nesting(geometry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -99,7 +100,7 @@ def read_vector(path: str | os.PathLike, *, layer: str | None = None) -> VectorL
         records, crs = _geojson_records(data, path)
     else:
         records, crs = _ogr_records(path, layer)
-    geoms, props, repaired, dropped = [], [], 0, 0
+    geoms, props, ids, repaired, dropped = [], [], [], 0, 0
     for index, (geometry, properties) in enumerate(records):
         if geometry is None:
             dropped += 1
@@ -120,11 +121,12 @@ def read_vector(path: str | os.PathLike, *, layer: str | None = None) -> VectorL
         repaired += int(fixed)
         geoms.append(geom)
         props.append(dict(properties or {}))
+        ids.append(index)
     if repaired or dropped:
         logger.warning("%s: repaired %d and dropped %d of %d features", path, repaired, dropped, len(records))
     if not geoms:
         raise VectorError(f"vector {str(path)!r}: no usable geometries ({dropped} dropped)")
-    return VectorLayer(geoms, props, crs, str(path), digest, repaired, dropped)
+    return VectorLayer(geoms, props, crs, str(path), digest, repaired, dropped, ids)
 
 
 def _geojson_records(data: Any, path: Path) -> tuple[list[tuple[Any, Any]], CRS]:
@@ -293,11 +295,19 @@ def rasterize_layout(rules: Sequence[LayerRule], grid: TargetGrid, *, min_pixels
             pixel_geom = _pixel_geometry(geom, grid)
             rect = shapely.minimum_rotated_rectangle(pixel_geom)
             corners = list(rect.exterior.coords)[:4] if rect.geom_type == "Polygon" else []
-            objects.append(LayoutObject(
-                instance_id=instance_id, class_name=cls, area_m2=float(geom.area), bbox=tuple(pixel_geom.bounds),
-                obb=[(float(x), float(y)) for x, y in corners], pixels=int(burnt.sum()), source=layer.source,
-                feature_index=index, properties={k: v for k, v in props.items() if _jsonable(v)},
-            ))  # fmt: skip
+            objects.append(
+                LayoutObject(
+                    instance_id=instance_id,
+                    class_name=cls,
+                    area_m2=float(geom.area),
+                    bbox=tuple(pixel_geom.bounds),
+                    obb=[(float(x), float(y)) for x, y in corners],
+                    pixels=int(burnt.sum()),
+                    source=layer.source,
+                    feature_index=layer.feature_ids[index] if layer.feature_ids else index,
+                    properties={k: v for k, v in props.items() if _jsonable(v)},
+                )
+            )
     # Pixels later overwritten by another building belong to that building only.
     for obj in objects:
         obj.pixels = int((instances == obj.instance_id).sum())

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metadata_args(gen)
     gen.add_argument("--size", type=int, help="output size in pixels for vector layouts (default: native size)")
     gen.add_argument("--tile", type=int, help="scenes larger than this (px) are generated in tiles (default: native)")
-    gen.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels for large scenes (default 64)")
+    gen.add_argument("--overlap", type=int, help="tile overlap in pixels for large scenes (default: tile/4, <= 64)")
     for parser_ in (gen,):
         parser_.add_argument("-n", "--num-samples", type=int, default=1, help="number of images (default 1)")
         parser_.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
@@ -292,13 +292,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.model:
         raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --controls mask"))
-    scales = {k: float(v) for k, v in _pairs(args.control_scale, "--control-scale").items()}
-    guidance = {}
+    scales, guidance = {}, {}
+    for name, value in _pairs(args.control_scale, "--control-scale").items():
+        try:
+            scales[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--control-scale {name}={value!r}: expected a number, e.g. {name}=0.5") from None
     for name, value in _pairs(args.control_guidance, "--control-guidance").items():
         start, sep, end = value.partition(":")
+        try:
+            guidance[name] = (float(start), float(end))
+        except ValueError:
+            raise ValueError(
+                f"--control-guidance {name}={value!r}: expected NAME=START:END, e.g. canny=0:0.6"
+            ) from None
         if not sep:
             raise ValueError(f"--control-guidance {name}={value!r}: expected NAME=START:END, e.g. canny=0:0.6")
-        guidance[name] = (float(start), float(end))
     polygon_classes = {}
     for rule in args.polygon_class:
         key, sep, cls = rule.rpartition(":")

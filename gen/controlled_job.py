@@ -95,7 +95,7 @@ class GenerateJob:
     metadata: Metadata = field(default_factory=Metadata)
     size: int | None = None
     tile: int | None = None  # scenes larger than this are generated in overlapping tiles
-    overlap: int = 64
+    overlap: int | None = None  # default: a quarter of the tile (at most 64 px)
     num_samples: int = 1
     batch_size: int = 1
     seed: int = 0
@@ -116,6 +116,16 @@ class GenerateJob:
             raise ValueError("--layout needs --gsd: vector layouts are rasterised at the ground sample distance")
         if self.num_samples < 1 or self.batch_size < 1:
             raise ValueError(f"-n {self.num_samples} / --batch-size {self.batch_size}: expected >= 1")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"--size {self.size}: expected a positive number of pixels")
+        names = {spec.partition(":")[0] for spec in self.controls} | ({"mask"} if self.layouts or self.mask else set())
+        for option, given in (("--control-scale", self.control_scales), ("--control-guidance", self.control_guidance)):
+            for name in given:
+                if name not in names:
+                    raise ValueError(f"{option} {name}=...: no such control in this run (controls: {sorted(names)})")
+        for name, (start, end) in self.control_guidance.items():
+            if not 0.0 <= start < end <= 1.0:
+                raise ValueError(f"--control-guidance {name}={start}:{end}: expected 0 <= START < END <= 1")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -124,6 +134,18 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"out={str(out)!r} already holds {len(existing)} JSON file(s); pick an empty folder or pass --overwrite"
         )
+
+
+def _with_centre(metadata: Metadata, grid: TargetGrid) -> Metadata:
+    from pyproj import Transformer
+
+    left, bottom, right, top = grid.bounds
+    lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(
+        (left + right) / 2, (bottom + top) / 2
+    )
+    values = metadata.to_dict()
+    values.update(lat=lat, lon=lon)
+    return Metadata.from_dict(values)
 
 
 def _layout_from_vectors(job: GenerateJob, size: int) -> tuple[LayoutLabels, list[dict[str, Any]]]:
@@ -169,7 +191,9 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
         pipe = RSControlledPipeline.from_bundle(job.model, allow_pickle=job.allow_pickle)
         pipe.to(resolve_device(job.device))
     pipe.set_progress_bar_config(disable=True)
-    size = job.size or pipe.model_card.native_size[0]
+    size = job.size if job.size is not None else pipe.model_card.native_size[0]
+    if size % pipe.size_multiple:
+        raise ValueError(f"--size {size}: must be a multiple of {pipe.size_multiple} for this model")
     conditions: list[dict[str, Any]] = []
     instances = objects = None
     georef = None
@@ -177,6 +201,8 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
         labels, conditions = _layout_from_vectors(job, size)
         semantic, instances, objects = labels.semantic, labels.instances, labels.objects
         georef = GeoReference(crs=labels.grid.crs, transform=labels.grid.transform)
+        if job.metadata.lat is None:  # the layout places the image: tell the model where
+            job.metadata = _with_centre(job.metadata, labels.grid)
     elif job.mask:
         mask = read_mask(job.mask, job.palette)
         semantic = mask.palette.to_canonical(mask.ids)
@@ -192,7 +218,16 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
         controls["mask"] = encode_color(SemanticMask(semantic, CANONICAL))[None]  # (1, 3, H, W)
     target = semantic.shape if semantic is not None else None
     for spec in job.controls:
-        control = control_from_spec(spec, target_shape=target)
+        try:
+            control = control_from_spec(spec, target_shape=target)
+        except ValueError as err:
+            hint = (
+                " (georeferenced controls are not resampled to a layout's grid yet: crop/resample the raster to "
+                f"{target[0]}x{target[1]} pixels on that grid first)"
+                if job.layouts and "does not match" in str(err)
+                else ""
+            )
+            raise ValueError(f"--control {spec!r}: {err}{hint}") from None
         controls[control.name] = control.tensor[None]  # (1, 3, H, W)
         target = tuple(control.tensor.shape[-2:])
         conditions.append({"kind": control.name, "source": control.source, "sha256": control.sha256,
@@ -200,30 +235,50 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
     height, width = next(iter(controls.values())).shape[-2:]
     if semantic is None:
         semantic = np.full((height, width), 255, dtype=np.uint8)  # no semantic layout: all 'ignore'
-    out.mkdir(parents=True, exist_ok=True)
     tile = job.tile or pipe.model_card.native_size[0]
+    if height % pipe.size_multiple or width % pipe.size_multiple:
+        raise ValueError(
+            f"the layout/control is {height}x{width} pixels; it must be a multiple of {pipe.size_multiple} "
+            "(crop it, or pass --size for vector layouts)"
+        )
     if height > tile or width > tile:
         return _run_scene(job, pipe, controls, semantic, instances, objects, georef, conditions, tile)
     written = []
-    bar = progress(total=job.num_samples, desc="generate", unit="img")
-    for start in range(0, job.num_samples, job.batch_size):
-        indices = list(range(start, min(start + job.batch_size, job.num_samples)))
-        n = len(indices)
-        result = pipe(
-            prompt=[job.prompt] * n, negative_prompt=job.negative_prompt,
-            controls={k: v.expand(n, -1, -1, -1) for k, v in controls.items()},
-            control_scales=job.control_scales, control_guidance=job.control_guidance,
-            metadata=[job.metadata] * n if pipe.has_metadata else None,
-            num_inference_steps=job.steps, guidance_scale=job.guidance,
-            generator=sample_generators(job.seed, indices), output_type="np",
-        )  # fmt: skip
-        for index, image in zip(indices, result.images):
-            record = _provenance(job, pipe, "generate", index, conditions)
-            sample = write_layout_sample(out, f"{index:06d}", image, semantic, record, instances=instances,
-                                         objects=objects, georef=georef)  # fmt: skip
-            written.append(sample.image)
-        bar.update(n)
-    bar.close()
+    with progress(total=job.num_samples, desc="generate", unit="img") as bar:
+        for start in range(0, job.num_samples, job.batch_size):
+            written += _generate_batch(job, pipe, controls, semantic, instances, objects, georef, conditions, start)
+            bar.update(min(job.batch_size, job.num_samples - start))
+    return written
+
+
+def _generate_batch(
+    job: GenerateJob,
+    pipe: RSControlledPipeline,
+    controls: dict[str, torch.Tensor],
+    semantic: np.ndarray,
+    instances: np.ndarray | None,
+    objects: list | None,
+    georef: GeoReference | None,
+    conditions: list[dict[str, Any]],
+    start: int,
+) -> list[Path]:
+    written = []
+    out = Path(job.out)
+    indices = list(range(start, min(start + job.batch_size, job.num_samples)))
+    n = len(indices)
+    result = pipe(
+        prompt=[job.prompt] * n, negative_prompt=job.negative_prompt,
+        controls={k: v.expand(n, -1, -1, -1) for k, v in controls.items()},
+        control_scales=job.control_scales, control_guidance=job.control_guidance,
+        metadata=[job.metadata] * n if pipe.has_metadata else None,
+        num_inference_steps=job.steps, guidance_scale=job.guidance,
+        generator=sample_generators(job.seed, indices), output_type="np",
+    )  # fmt: skip
+    for index, image in zip(indices, result.images):
+        record = _provenance(job, pipe, "generate", index, conditions)
+        sample = write_layout_sample(out, f"{index:06d}", image, semantic, record, instances=instances,
+                                     objects=objects, georef=georef)  # fmt: skip
+        written.append(sample.image)
     return written
 
 
@@ -241,47 +296,81 @@ def _run_scene(
     """Generate each sample as a tiled scene and stream its image to disk row by row."""
     height, width = semantic.shape
     controls_u8 = {k: (v * 255).round().to(torch.uint8) for k, v in controls.items()}  # compact scene canvas
-    check_scene(pipe, height, width, tile, job.overlap)
+    overlap = job.overlap if job.overlap is not None else min(64, tile // 4 // 8 * 8)
+    try:
+        check_scene(pipe, height, width, tile, overlap)
+    except ValueError as err:
+        raise ValueError(f"--tile {tile} / --overlap {overlap}: {err}") from None
     written = []
-    steps_total = job.num_samples * job.steps
-    bar = progress(total=steps_total, desc=f"scene {height}x{width}", unit="step")
-    for index in range(job.num_samples):
-        stem = f"{index:06d}"
-        latents = scene_latents(
-            pipe, job.prompt, controls_u8, tile=tile, overlap=job.overlap, control_scales=job.control_scales,
-            control_guidance=job.control_guidance, negative_prompt=job.negative_prompt,
-            metadata=job.metadata if pipe.has_metadata else None, num_inference_steps=job.steps,
-            guidance_scale=job.guidance, generator=sample_generators(job.seed, [index])[0], progress=bar.update,
-        )  # fmt: skip
-        labels = write_layout_labels(job.out, stem, semantic, instances=instances, objects=objects, georef=georef)
-        record = _provenance(job, pipe, "generate", index, conditions)
-        record.update(labels=labels, scene={"tile": tile, "overlap": job.overlap, "height": height, "width": width})
-        if georef is not None:
-            path = Path(job.out) / f"{stem}.tif"
-            with geotiff_window_writer(
-                path, width=width, height=height, count=3, dtype="uint8", crs=georef.crs,
-                transform=georef.transform, descriptions=["red", "green", "blue"], tags={"rsgen_provenance": record},
-            ) as dst:  # fmt: skip
-
-                def write(rows: np.ndarray, valid: np.ndarray, row_off: int, dst=dst) -> None:
-                    values = (rows * 255).round().astype(np.uint8)  # (3, n, W)
-                    dst.write(values, window=Window(0, row_off, width, values.shape[1]))
-
-                decode_scene(pipe, latents, tile=tile, overlap=job.overlap, write=write)
-        else:
-            canvas = np.zeros((3, height, width), dtype=np.uint8)
-
-            def write(rows: np.ndarray, valid: np.ndarray, row_off: int, canvas=canvas) -> None:
-                canvas[:, row_off : row_off + rows.shape[1]] = (rows * 255).round().astype(np.uint8)
-
-            decode_scene(pipe, latents, tile=tile, overlap=job.overlap, write=write)
-            path = write_image_sample(job.out, stem, np.moveaxis(canvas, 0, -1), record).image  # + sidecar
-            written.append(path)
-            continue
-        write_sidecar(job.out, stem, path, record, (height, width, 3), georef)
-        written.append(path)
-    bar.close()
+    with progress(total=job.num_samples * job.steps, desc=f"scene {height}x{width}", unit="step") as bar:
+        for index in range(job.num_samples):
+            written.append(
+                _scene_sample(
+                    job,
+                    pipe,
+                    controls_u8,
+                    semantic,
+                    instances,
+                    objects,
+                    georef,
+                    conditions,
+                    tile,
+                    overlap,
+                    index,
+                    bar.update,
+                )  # fmt: skip
+            )
     return written
+
+
+def _scene_sample(
+    job: GenerateJob,
+    pipe: RSControlledPipeline,
+    controls_u8: dict[str, torch.Tensor],
+    semantic: np.ndarray,
+    instances: np.ndarray | None,
+    objects: list | None,
+    georef: GeoReference | None,
+    conditions: list[dict[str, Any]],
+    tile: int,
+    overlap: int,
+    index: int,
+    on_step: Any,
+) -> Path:
+    """Generate sample ``index`` as a tiled scene and stream its image to disk row by row."""
+    height, width = semantic.shape
+    stem = f"{index:06d}"
+    latents = scene_latents(
+        pipe, job.prompt, controls_u8, tile=tile, overlap=overlap, control_scales=job.control_scales,
+        control_guidance=job.control_guidance, negative_prompt=job.negative_prompt,
+        metadata=job.metadata if pipe.has_metadata else None, num_inference_steps=job.steps,
+        guidance_scale=job.guidance, generator=sample_generators(job.seed, [index])[0], progress=on_step,
+    )  # fmt: skip
+    labels = write_layout_labels(job.out, stem, semantic, instances=instances, objects=objects, georef=georef)
+    record = _provenance(job, pipe, "generate", index, conditions)
+    record.update(labels=labels, scene={"tile": tile, "overlap": overlap, "height": height, "width": width})
+    if georef is None:  # PNG cannot be written by rows: assemble the (uint8) image, then write it
+        canvas = np.zeros((3, height, width), dtype=np.uint8)
+
+        def fill(rows: np.ndarray, valid: np.ndarray, row_off: int) -> None:
+            canvas[:, row_off : row_off + rows.shape[1]] = (rows * 255).round().astype(np.uint8)
+
+        decode_scene(pipe, latents, tile=tile, overlap=overlap, write=fill)
+        return write_image_sample(job.out, stem, np.moveaxis(canvas, 0, -1), record).image  # image + sidecar
+    path = Path(job.out) / f"{stem}.tif"
+    with geotiff_window_writer(
+        path, width=width, height=height, count=3, dtype="uint8", crs=georef.crs, transform=georef.transform,
+        descriptions=["red", "green", "blue"],
+        tags={"rsgen_provenance": {k: v for k, v in record.items() if k != "created"}},
+    ) as dst:  # fmt: skip
+
+        def write(rows: np.ndarray, valid: np.ndarray, row_off: int) -> None:
+            values = (rows * 255).round().astype(np.uint8)  # (3, n, W)
+            dst.write(values, window=Window(0, row_off, width, values.shape[1]))
+
+        decode_scene(pipe, latents, tile=tile, overlap=overlap, write=write)
+    write_sidecar(job.out, stem, path, record, (height, width, 3), georef)
+    return path
 
 
 def _provenance(job: Any, pipe: RSControlledPipeline, task: str, index: int, conditions: list) -> dict[str, Any]:

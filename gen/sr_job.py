@@ -84,6 +84,13 @@ class SRJob:
             raise ValueError("ref_strength_map needs a reference (--ref)")
 
 
+def _next_to(nodata: float, dtype: np.dtype) -> float:
+    """The value closest to ``nodata`` that is not ``nodata`` (for valid pixels that hit it)."""
+    if np.issubdtype(dtype, np.integer):
+        return nodata + 1 if nodata < np.iinfo(dtype).max else nodata - 1
+    return float(np.nextafter(np.array(nodata, dtype=dtype), np.array(np.inf, dtype=dtype)))
+
+
 def provenance(job: SRJob, pipe: RSSuperResolutionPipeline, grid: OutputGrid, **extra: Any) -> dict[str, Any]:
     return {
         **base_record("super_resolution", pipe, job.model),
@@ -173,6 +180,10 @@ def run_sr(job: SRJob, pipe: RSSuperResolutionPipeline | None = None) -> Path:
             def write(rows_unit: np.ndarray, valid: np.ndarray, row_off: int) -> None:
                 values = radiometry.from_unit(rows_unit)  # (bands, n, W) in the LR dtype
                 if nodata is not None:
+                    # A valid pixel must not read as nodata: move it to the nearest other value.
+                    collide = (values == nodata) & valid[None]
+                    if collide.any():
+                        values[collide] = _next_to(nodata, values.dtype)
                     values[:, ~valid] = nodata
                 dst.write(values, window=Window(0, row_off, grid.width, values.shape[1]))
 

@@ -16,6 +16,16 @@ from pathlib import Path
 TMP_PREFIX = ".rsgen-tmp-"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; finished files get the usual 0666 & ~umask, like open() would give.
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it is renamed onto ``final``.
@@ -32,6 +42,7 @@ def atomic_path(final: str | os.PathLike, *, fsync: bool = True) -> Iterator[Pat
         if fsync:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, final)
         if fsync:
             _fsync_dir(final.parent)

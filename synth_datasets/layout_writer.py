@@ -45,10 +45,10 @@ def write_layout_labels(
     instances: np.ndarray | None = None,
     objects: list[LayoutObject] | None = None,
     georef: GeoReference | None = None,
-) -> dict[str, dict[str, str]]:
+) -> dict[str, dict[str, Any]]:
     """Write the label files of sample ``stem``; returns their names and sha256 for the sidecar."""
     out_dir = Path(out_dir)
-    labels: dict[str, dict[str, str]] = {}
+    labels: dict[str, dict[str, Any]] = {}
     path = _write_label(out_dir / f"{stem}_semantic", semantic.astype(np.uint8), georef)
     labels["semantic"] = {"file": path.name, "sha256": sha256_file(path), "scheme": "canonical"}
     if instances is not None:
@@ -59,7 +59,7 @@ def write_layout_labels(
     if objects is not None:
         text = json.dumps([asdict(o) for o in objects], indent=1, default=str) + "\n"
         path = atomic_write_text(out_dir / f"{stem}_objects.json", text)
-        labels["objects"] = {"file": path.name, "sha256": sha256_file(path), "count": str(len(objects))}
+        labels["objects"] = {"file": path.name, "sha256": sha256_file(path), "count": len(objects)}
     return labels
 
 

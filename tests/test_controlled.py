@@ -234,3 +234,21 @@ def test_polygon_attribute_rules_in_a_job(ctrl_bundle, tmp_path):
     with pytest.raises(ValueError, match=r"polygons need a class"):
         run_generate(GenerateJob(model=str(ctrl_bundle), out=tmp_path / "p", layouts=[f"polygons:{path}"],
                                  metadata=Metadata(gsd=1.0)))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--size", "0"], "--size 0: expected a positive number of pixels"),
+        (["--size", "60"], "--size 60: must be a multiple of 16"),
+        (["--control-scale", "canny=abc"], "--control-scale canny='abc': expected a number"),
+        (["--control-scale", "canny=0.5"], "--control-scale canny=...: no such control in this run"),
+        (["--control-guidance", "mask=0.8:0.2"], "--control-guidance mask=0.8:0.2: expected 0 <= START < END <= 1"),
+    ],
+)
+def test_generate_cli_errors_name_the_option(ctrl_bundle, tmp_path, caplog, extra, message):
+    layout = str(shared_file("vector/osm_west_oakland/buildings.geojson"))
+    args = ["generate", "--model", str(ctrl_bundle), "--layout", layout, "--gsd", "2", "--out", str(tmp_path / "o")]
+    assert main([*args, *extra]) == 2
+    assert message in caplog.text
+    assert not (tmp_path / "o").exists()

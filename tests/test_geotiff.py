@@ -98,3 +98,12 @@ def test_sample_writer_png_and_geotiff(tmp_path):
         write_image_sample(tmp_path, "x", image, {}, fmt="geotiff")
     with pytest.raises(ValueError, match="contains NaN"):
         write_image_sample(tmp_path, "x", np.full((4, 4, 3), np.nan, np.float32), {})
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_geotiff(tmp_path / "p.tif", np.zeros((4, 4, 3), np.uint8), georeference_from_point(0, 0, 1, 4, 4))
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)

@@ -283,3 +283,21 @@ def test_real_sentinel2_20m_to_10m_grid(sr_bundle, tmp_path):
     out = run_sr(job(sr_bundle, shared_file(S2_20M), tmp_path / "hr.tif", bands="1,2,3", tile=128, overlap=16))
     with rasterio.open(out) as hr, rasterio.open(shared_file(S2_10M)) as ten:
         assert (hr.width, hr.height) == (ten.width, ten.height) == (600, 600)
+
+
+def test_reference_outside_its_footprint_is_invalid_even_without_nodata(sr_bundle, tmp_path):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(200, 200, 32, 32))
+    half = crop(shared_file(NAIP_2014), tmp_path / "half.tif", Window(200, 200, 16, 32), nodata=None)
+    with rasterio.open(lr) as lr_ds, rasterio.open(half) as ref_ds:
+        assert ref_ds.nodata is None
+        grid = OutputGrid.scaled(lr_ds, 2)
+        source = RasterSource(ref_ds, [1, 2, 3], grid, radiometry=Radiometry.infer("uint8"), aligned=False)
+        _, valid = source.read_on_grid(Window(0, 0, 64, 64))
+    assert valid[:, :28].all() and not valid[:, 36:].any()  # the reference covers the left half only
+
+
+def test_valid_output_pixels_never_equal_nodata():
+    from gen.sr_job import _next_to
+
+    assert _next_to(0, np.dtype("uint8")) == 1 and _next_to(255, np.dtype("uint8")) == 254
+    assert _next_to(-9999.0, np.dtype("float32")) > -9999.0
