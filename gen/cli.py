@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--no-metadata", action="store_true", help="no metadata encoder (plain SD layout)")
     tiny.add_argument("--sr", action="store_true", help="build a super-resolution bundle (LR + reference control)")
     tiny.add_argument("--controls", help="build a controlled bundle with these ControlNets, e.g. mask,canny,depth")
+    tiny.add_argument("--inpainting", action="store_true", help="with --controls: a 9-channel inpainting UNet")
     tiny.add_argument("--bands", default="red,green,blue", help="band names of an --sr bundle (default red,green,blue)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.add_argument("--overwrite", action="store_true", help="replace an existing folder")
@@ -388,9 +389,13 @@ def _cmd_model(args: argparse.Namespace) -> int:
             build_tiny_bundle,
         )
 
+        if args.inpainting and not args.controls:
+            raise ValueError("--inpainting builds a controlled bundle: add --controls (e.g. --controls mask)")
         if args.controls:
             names = tuple(c.strip() for c in args.controls.split(",") if c.strip())
-            config = TinyControlledBundleConfig(image_size=args.size, controls=names, metadata=not args.no_metadata)
+            config = TinyControlledBundleConfig(
+                image_size=args.size, controls=names, metadata=not args.no_metadata, inpainting=args.inpainting
+            )
         elif args.sr:
             bands = tuple(b.strip() for b in args.bands.split(",") if b.strip())
             config = TinySRBundleConfig(tile_size=args.size, bands=bands, seed=args.seed)

@@ -48,6 +48,7 @@ class ModelCard:
     metadata: dict[str, Any] | None = None  # {"fields": [FieldSpec...], "sensors": [...]} or None
     palette: dict[str, Any] | None = None
     controls: list[str] = field(default_factory=list)
+    inpainting: bool = False  # the UNet takes mask + masked image (9 channels)
     smoke_test: bool = False  # random weights: images are noise
     description: str = ""
     license: str = "unknown"

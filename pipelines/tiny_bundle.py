@@ -68,6 +68,7 @@ class TinyControlledBundleConfig:
     image_size: int = 256
     controls: tuple[str, ...] = ("mask",)
     metadata: bool = True
+    inpainting: bool = False  # a 9-channel inpainting UNet (latent + mask + masked-image latent)
     unet_channels: tuple[int, int] = (32, 64)
     vae_channels: tuple[int, int, int, int] = (32, 32, 64, 64)
     text_hidden: int = 32
@@ -117,7 +118,12 @@ def _tiny_vae(channels: tuple[int, ...], bands: int, size: int) -> AutoencoderKL
     )
 
 
-def _tiny_unet(config: TinyBundleConfig | TinySRBundleConfig, size: int, in_channels: int, class_embed_type):
+def _tiny_unet(
+    config: TinyBundleConfig | TinySRBundleConfig | TinyControlledBundleConfig,
+    size: int,
+    in_channels: int,
+    class_embed_type: str | None,
+) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=size // 8,
         in_channels=in_channels,
@@ -155,11 +161,16 @@ def build_tiny_controlled_pipeline(
         TinyBundleConfig(config.image_size, config.metadata, config.unet_channels, config.vae_channels,
                          config.text_hidden, config.seed)
     )  # fmt: skip
+    unet = base.unet
+    if config.inpainting:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed + 2)
+            unet = _tiny_unet(config, config.image_size, 9, "identity" if config.metadata else None)
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 1)
-        nets = [_randomised_controlnet(base.unet, 3) for _ in config.controls]
+        nets = [_randomised_controlnet(unet, 3) for _ in config.controls]
     pipe = RSControlledPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
         controlnet=MultiControlNetModel(nets), scheduler=base.scheduler, metadata_encoder=base.metadata_encoder,
     )  # fmt: skip
     pipe.control_names = list(config.controls)
@@ -167,6 +178,7 @@ def build_tiny_controlled_pipeline(
     card.name = "rsgen-tiny-random-controlled"
     card.pipeline = "RSControlledPipeline"
     card.controls = list(config.controls)
+    card.inpainting = config.inpainting
     card.palette = {"name": "canonical", "encoding": "color"} if "mask" in config.controls else None
     card.description = f"Tiny controlled bundle with {SMOKE_TEST_WARNING}. Built by `rsgen model init-tiny --controls`."
     pipe.model_card = card

@@ -252,3 +252,21 @@ def test_generate_cli_errors_name_the_option(ctrl_bundle, tmp_path, caplog, extr
     assert main([*args, *extra]) == 2
     assert message in caplog.text
     assert not (tmp_path / "o").exists()
+
+
+def test_inpainting_unet_bundle(tmp_path):
+    config = TinyControlledBundleConfig(image_size=64, controls=("mask",), inpainting=True)
+    pipe = RSControlledPipeline.from_bundle(build_tiny_bundle(tmp_path / "inp", config))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.is_inpainting_model and pipe.unet.config.in_channels == 9 and pipe.model_card.inpainting
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    region = torch.zeros(1, 1, 64, 64)
+    region[..., 20:44, 8:40] = 1
+    control = {"mask": torch.rand(1, 3, 64, 64)}
+    out = pipe("x", controls=control, image=image, mask_image=region, num_inference_steps=STEPS,
+               generator=sample_generators(0, [0]), output_type="pt")  # fmt: skip
+    keep = (region == 0).expand_as(image)
+    assert torch.equal(out.images[keep], image[keep])
+    assert (out.images[~keep] - image[~keep]).abs().mean() > 0.01
+    with pytest.raises(ValueError, match=r"this is an inpainting model \(9-channel UNet\)"):
+        pipe("x", controls=control, num_inference_steps=1)

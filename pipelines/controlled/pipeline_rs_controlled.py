@@ -78,6 +78,12 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     ) -> None:
         super().__init__()
         check_metadata_components(unet, metadata_encoder)
+        latent = vae.config.latent_channels
+        if unet.config.in_channels not in (latent, 2 * latent + 1):
+            raise ValueError(
+                f"unet.in_channels={unet.config.in_channels}: expected {latent} (generation) or {2 * latent + 1} "
+                "(an inpainting UNet: latent + mask + masked-image latent)"
+            )
         if not isinstance(controlnet, MultiControlNetModel):
             controlnet = MultiControlNetModel([controlnet])
         self.register_modules(
@@ -100,6 +106,11 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             )
         pipe.control_names = names
         return pipe
+
+    @property
+    def is_inpainting_model(self) -> bool:
+        """A 9-channel (SD-inpainting style) UNet that sees the mask and the masked image."""
+        return self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1
 
     @property
     def size_multiple(self) -> int:
@@ -149,6 +160,8 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 raise ValueError(f"control_scales[{name!r}]={scale}: expected >= 0")
         if (image is None) != (mask_image is None):
             raise ValueError("image and mask_image go together: inpainting needs both")
+        if self.is_inpainting_model and image is None:
+            raise ValueError("this is an inpainting model (9-channel UNet): pass image and mask_image (rsgen inpaint)")
         if image is not None:
             if tuple(image.shape) != (batch, 3, height, width):
                 raise ValueError(f"image: shape {tuple(image.shape)} must be {(batch, 3, height, width)}")
@@ -204,11 +217,15 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         control_scales: Mapping[str, float],
         control_guidance: Mapping[str, tuple[float, float]],
         guidance_scale: float,
+        inpaint_channels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Classifier-free-guided noise prediction (B, C, h, w) with every active ControlNet's residuals."""
+        """Classifier-free-guided noise prediction (B, C, h, w) with every active ControlNet's residuals.
+        ``inpaint_channels`` (nB, 1 + C, h, w): mask and masked-image latent for an inpainting UNet."""
         do_cfg = guidance_scale > 1.0
         model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
         model_in = self.scheduler.scale_model_input(model_in, t)
+        if inpaint_channels is not None:
+            model_in = torch.cat([model_in, inpaint_channels], dim=1)  # (nB, 2C + 1, h, w)
         down, mid = None, None
         for index, name in enumerate(self.control_names):
             if name not in cond_images:
@@ -281,8 +298,14 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         metadata_embeds = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
         dtype = self.unet.dtype
         cond_images = self.prepare_controls(controls, device, do_cfg)  # name -> (nB, 3, H, W)
-        known_latent = None
-        if image is not None:
+        known_latent = inpaint_channels = None
+        if image is not None and self.is_inpainting_model:  # the UNet itself sees mask + masked image
+            keep = image.to(device) * (1 - mask_image.to(device))  # (B, 3, H, W), region blanked
+            masked_latent = self.encode_image(keep)  # (B, C, h, w)
+            small_mask = F.interpolate(mask_image.to(device, dtype), size=masked_latent.shape[-2:])  # (B, 1, h, w)
+            inpaint_channels = torch.cat([small_mask, masked_latent.to(dtype)], dim=1)  # (B, 1 + C, h, w)
+            inpaint_channels = torch.cat([inpaint_channels] * 2) if do_cfg else inpaint_channels
+        elif image is not None:  # any UNet: keep the known region on the input's noisy trajectory
             known_latent = self.encode_image(image.to(device))  # (B, C, h, w)
             latent_mask = F.interpolate(mask_image.to(device, dtype), size=known_latent.shape[-2:], mode="area")
             latent_mask = (latent_mask > 0).to(dtype)  # (B, 1, h, w): 1 wherever any regenerated pixel lies
@@ -292,7 +315,12 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         timesteps = self.scheduler.timesteps
 
         # 4. Latents
-        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (
+            batch,
+            self.vae.config.latent_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
         noise = latents.clone()
@@ -305,7 +333,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 fraction = step / len(timesteps)
                 pred = self.guided_noise(
                     latents, t, fraction, text_embeds, metadata_embeds, cond_images, control_scales,
-                    control_guidance, guidance_scale,
+                    control_guidance, guidance_scale, inpaint_channels,
                 )  # fmt: skip
                 latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
                 if known_latent is not None:  # keep the known region on the input's noisy trajectory

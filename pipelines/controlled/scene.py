@@ -77,6 +77,8 @@ def scene_latents(
     first = next(iter(controls.values()))
     height, width = first.shape[-2:]
     check_scene(pipe, height, width, tile, overlap)
+    if pipe.is_inpainting_model:
+        raise ValueError("large scenes need a generation model; this bundle's UNet is an inpainting UNet")
     # Validate the call on one tile-sized crop, with the pipeline's own checks.
     crop = {k: (v[..., :tile, :tile].float() / 255 if v.dtype == torch.uint8 else v[..., :tile, :tile])
             for k, v in controls.items()}  # fmt: skip
@@ -90,7 +92,7 @@ def scene_latents(
     lh, lw, lt, lo = height // f, width // f, tile // f, overlap // f
     pipe.scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = pipe.scheduler.timesteps
-    shape = (1, pipe.unet.config.in_channels, lh, lw)
+    shape = (1, pipe.vae.config.latent_channels, lh, lw)
     latents = randn_tensor(shape, generator=generator, device=device, dtype=pipe.unet.dtype)  # (1, C, lh, lw)
     latents = latents * pipe.scheduler.init_noise_sigma
     step_kwargs = scheduler_step_kwargs(pipe.scheduler, generator)
