@@ -200,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; generate nothing")
     run.add_argument("--num-processes", type=int, default=1, help="launch N processes through accelerate")
 
+    exp = sub.add_parser(
+        "export",
+        help="export an rsgen dataset to HF datasets parquet, WebDataset, COCO JSON or a STAC catalog",
+        description="Read a dataset written by rsgen (a job folder or a folder of samples) and export it.",
+    )
+    exp.add_argument("dataset", type=Path, help="rsgen dataset folder")
+    exp.add_argument("--format", required=True, choices=("hf", "webdataset", "coco", "stac"), help="export format")
+    exp.add_argument("--out", required=True, type=Path, help="output folder")
+    pre = sub.add_parser(
+        "preview",
+        help="HTML page and PNG contact sheet of a dataset (images, masks with legend, captions)",
+        description="Write a self-contained HTML preview (images embedded) and a PNG contact sheet beside it.",
+    )
+    pre.add_argument("dataset", type=Path, help="rsgen dataset folder")
+    pre.add_argument("--out", type=Path, default=Path("preview.html"), help="HTML file (default preview.html)")
+    pre.add_argument("--limit", type=int, default=48, help="samples shown (default 48)")
+
     model = sub.add_parser("model", help="create and inspect model bundles")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
     tiny = model_sub.add_parser(
@@ -379,6 +396,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from synth_datasets.exporters import export
+    from synth_datasets.reader import load_dataset
+
+    result = export(load_dataset(args.dataset), args.format, args.out)
+    sys.stdout.write(f"exported {args.dataset} as {args.format}: {result}\n")
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from synth_datasets.preview import write_preview
+    from synth_datasets.reader import load_dataset
+
+    page, sheet = write_preview(load_dataset(args.dataset), args.out, limit=args.limit)
+    sys.stdout.write(f"wrote {page} and {sheet}\n")
+    return 0
+
+
 def _cmd_model(args: argparse.Namespace) -> int:
     if args.model_command == "init-tiny":
         from pipelines.tiny_bundle import (
@@ -463,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inpaint": _cmd_inpaint,
         "sr": _cmd_sr,
         "run": _cmd_run,
+        "export": _cmd_export,
+        "preview": _cmd_preview,
         "model": _cmd_model,
         "quickstart": _cmd_quickstart,
     }

@@ -232,6 +232,14 @@ def run_job(spec: JobSpec, out: str | os.PathLike) -> dict[str, Any]:
         manifest = "".join((out / "shards" / f"{k:05d}.jsonl").read_text() for k in range(spec.num_shards))
         atomic_write_text(out / "manifest.jsonl", manifest)
         atomic_write_text(out / "index.json", json.dumps({**summary, "task": spec.task}, indent=2) + "\n")
+        if spec.writers:
+            from synth_datasets.exporters import export
+            from synth_datasets.reader import load_dataset
+
+            dataset = load_dataset(out)
+            for fmt in spec.writers:
+                export(dataset, fmt, out / "export" / fmt)
+                logger.info("exported %s to %s", fmt, out / "export" / fmt)
         _release_lock(out, spec)
     summary["written_by_this_process"] = written
     return summary

@@ -98,6 +98,7 @@ class JobSpec:
     metadata: dict[str, Any]
     format: str
     masks: dict[str, Any] | None
+    writers: tuple[str, ...]
     raw: dict[str, Any]
 
     @property
@@ -159,8 +160,9 @@ def _draw(dist: Any, rng: np.random.Generator) -> Any:
 # ---------------------------------------------------------------------- validation
 KNOWN_KEYS = {
     "task", "model", "num_samples", "seed", "batch_size", "shard_size", "steps", "guidance", "threads",
-    "prompts", "negative_prompt", "metadata", "format", "masks", "out",
+    "prompts", "negative_prompt", "metadata", "format", "masks", "out", "writers",
 }  # fmt: skip
+WRITERS = ("hf", "webdataset", "coco", "stac")
 
 
 def _int(data: dict, key: str, default: int | None, low: int) -> int:
@@ -258,9 +260,14 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
             raise _err("masks.dir", f"{masks['dir']!r} is not a folder")
     elif masks is not None:
         raise _err("masks", f"only used by task generate, not {task}")
+    writers = data.get("writers", [])
+    if not isinstance(writers, list) or any(w not in WRITERS for w in writers):
+        raise _err("writers", f"expected a list drawn from {WRITERS}, got {writers!r}")
+    if "stac" in writers and fmt != "geotiff":
+        raise _err("writers", "stac needs georeferenced samples: set format: geotiff")
     resolved = {k: v for k, v in data.items() if k != "out"}
     return JobSpec(
         task=task, model=model, num_samples=num_samples, seed=seed, batch_size=batch_size, shard_size=shard_size,
         steps=steps, guidance=float(guidance), threads=threads, prompts=tuple(prompts), negative_prompt=negative,
-        metadata=metadata, format=fmt, masks=masks, raw=resolved,
+        metadata=metadata, format=fmt, masks=masks, writers=tuple(writers), raw=resolved,
     )  # fmt: skip

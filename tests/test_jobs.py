@@ -183,3 +183,14 @@ def test_generate_job_from_a_mask_folder(tmp_path, capsys):
         from conditions.palettes import get_palette
 
         assert np.array_equal(src.read(1), get_palette("loveda").to_canonical(full[:64, :64]))
+
+
+def test_spec_writers_export_at_the_end(job_model, tmp_path):
+    spec = validate_spec(spec_dict(job_model, num_samples=4, writers=["hf", "webdataset"]))
+    run_job(spec, tmp_path / "w")
+    assert list((tmp_path / "w" / "export" / "hf" / "data").glob("*.parquet"))
+    assert (tmp_path / "w" / "export" / "webdataset" / "shard-00000.tar").is_file()
+    with pytest.raises(SpecError, match=r"writers: expected a list drawn from"):
+        validate_spec(spec_dict(job_model, writers=["tfrecord"]))
+    with pytest.raises(SpecError, match=r"writers: stac needs georeferenced samples"):
+        validate_spec(spec_dict(job_model, writers=["stac"]))

@@ -1,0 +1,115 @@
+"""Read any rsgen dataset back: a job folder (``manifest.jsonl``) or a folder of samples with sidecars.
+
+``load_dataset(path)`` returns a :class:`RsgenDataset`; iterating it yields :class:`DatasetSample`
+records whose images and labels are loaded lazily from the files the manifest names, after
+checking their sha256. Exporters and ``rsgen preview`` read datasets only through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+
+from conditions.hashing import sha256_file
+
+
+class DatasetError(ValueError):
+    """Not an rsgen dataset, or a file is missing or does not match its recorded sha256."""
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """(H, W, bands) for multi-band rasters, (H, W) for one band."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            data = src.read()  # (bands, H, W)
+    return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+
+
+@dataclass
+class DatasetSample:
+    id: str
+    root: Path
+    files: dict[str, str]  # role -> path relative to root ("image", "sidecar", "semantic", ...)
+    sha256: str | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, role: str) -> Path:
+        return self.root / self.files[role]
+
+    def image(self, *, verify: bool = True) -> np.ndarray:
+        path = self.path("image")
+        if verify and self.sha256 and sha256_file(path) != self.sha256:
+            raise DatasetError(f"{path}: sha256 does not match the manifest; the file changed or is corrupt")
+        return read_raster(path)
+
+    def label(self, role: str) -> np.ndarray | None:
+        return read_raster(self.path(role)) if role in self.files else None
+
+    def objects(self) -> list[dict[str, Any]]:
+        if "objects" not in self.files:
+            return []
+        return json.loads(self.path("objects").read_text())
+
+    @property
+    def caption(self) -> str:
+        return str(self.provenance.get("prompt") or "")
+
+
+@dataclass
+class RsgenDataset:
+    root: Path
+    samples: list[DatasetSample]
+    index: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[DatasetSample]:
+        return iter(self.samples)
+
+    def __getitem__(self, i: int) -> DatasetSample:
+        return self.samples[i]
+
+
+def load_dataset(path: str | os.PathLike) -> RsgenDataset:
+    """Open a job folder (manifest.jsonl) or a flat folder of ``*.json`` sidecars."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"dataset {str(root)!r}: no such folder")
+    manifest = root / "manifest.jsonl"
+    samples: list[DatasetSample] = []
+    if manifest.is_file():
+        for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{manifest}: line {number} is not JSON ({err.msg})") from None
+            samples.append(DatasetSample(entry["id"], root, entry["files"], entry.get("sha256"), entry["provenance"]))
+        index = json.loads((root / "index.json").read_text()) if (root / "index.json").is_file() else {}
+    else:
+        for sidecar in sorted(root.glob("*.json")):
+            record = json.loads(sidecar.read_text())
+            if "file" not in record or "sha256" not in record:
+                continue  # e.g. *_objects.json
+            files = {"image": record["file"], "sidecar": sidecar.name}
+            for role, label in (record.get("labels") or {}).items():
+                files[role] = label["file"]
+            samples.append(DatasetSample(sidecar.stem, root, files, record["sha256"], record))
+        index = {"num_samples": len(samples)}
+    if not samples:
+        raise DatasetError(f"dataset {str(root)!r}: no manifest.jsonl and no sample sidecars; is it an rsgen output?")
+    for sample in samples:
+        missing = [role for role, rel in sample.files.items() if not (root / rel).is_file()]
+        if missing:
+            raise DatasetError(f"dataset {str(root)!r}: sample {sample.id} lacks its {missing} file(s)")
+    return RsgenDataset(root, samples, index)
