@@ -385,9 +385,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.num_processes > 1:
         import subprocess
 
-        cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(args.num_processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gen", "run",
-               str(args.spec), "--out", str(out)] + [x for item in args.set for x in ("--set", item)]  # fmt: skip
+        # The launcher of this interpreter's accelerate (works without an activated venv / PATH entry).
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(args.num_processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "gen", "run", str(args.spec), "--out", str(out),
+        ] + [x for item in args.set for x in ("--set", item)]  # fmt: skip
         return subprocess.call(cmd)
     from gen.job_runner import run_job
 
