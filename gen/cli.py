@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a dataset written by rsgen (a job folder or a folder of samples) and export it.",
     )
     exp.add_argument("dataset", type=Path, help="rsgen dataset folder")
-    exp.add_argument("--format", required=True, choices=("hf", "webdataset", "coco", "stac"), help="export format")
+    exp.add_argument(
+        "--format", required=True, choices=("hf", "webdataset", "coco", "stac", "captions"), help="export format"
+    )
     exp.add_argument("--out", required=True, type=Path, help="output folder")
     pre = sub.add_parser(
         "preview",

@@ -148,25 +148,47 @@ def _with_centre(metadata: Metadata, grid: TargetGrid) -> Metadata:
     return Metadata.from_dict(values)
 
 
+def load_layout_rules(specs: list[str], polygon_classes: dict[str, str] | None = None) -> list[LayerRule]:
+    """Read the layers of ``--layout`` specs once (jobs reuse them for every sample)."""
+    return [_layer_rule(spec, polygon_classes) for spec in specs]
+
+
+def layout_sources(rules: list[LayerRule]) -> list[dict[str, Any]]:
+    return [{"kind": r.kind, "source": r.layer.source, "sha256": r.layer.sha256, "features": len(r.layer),
+             "repaired": r.layer.repaired, "dropped": r.layer.dropped} for r in rules]  # fmt: skip
+
+
+def layout_bounds_lonlat(rules: list[LayerRule]) -> tuple[float, float, float, float]:
+    """(lon_min, lat_min, lon_max, lat_max) of all layers."""
+    return unary_union([g for r in rules for g in r.layer.to_crs(CRS.from_epsg(4326)).geometries]).bounds
+
+
+def layout_labels_at(
+    rules: list[LayerRule], lat: float, lon: float, gsd: float, size: int, *, allow_empty: bool = False
+) -> LayoutLabels:
+    """Rasterise ``rules`` on a ``size``² north-up grid of ``gsd`` metres centred on (lat, lon), in its UTM zone."""
+    from pyproj import Transformer
+
+    crs = utm_crs_for(lat, lon)
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    half = size * gsd / 2
+    grid = TargetGrid.from_bounds((x - half, y - half, x + half, y + half), crs, gsd)
+    if allow_empty:
+        from conditions.vectors import rasterize_layout
+
+        return rasterize_layout(rules, grid)
+    return rasterize_checked(rules, grid)
+
+
 def _layout_from_vectors(job: GenerateJob, size: int) -> tuple[LayoutLabels, list[dict[str, Any]]]:
-    rules = [_layer_rule(spec, job.polygon_classes) for spec in job.layouts]
+    rules = load_layout_rules(job.layouts, job.polygon_classes)
     md = job.metadata
     if md.lat is not None:
         lat, lon = md.lat, md.lon
-    else:
-        lon, lat = unary_union(
-            [g for r in rules for g in r.layer.to_crs(CRS.from_epsg(4326)).geometries]
-        ).centroid.coords[0]
-    crs = utm_crs_for(lat, lon)
-    from pyproj import Transformer
-
-    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
-    half = size * md.gsd / 2
-    grid = TargetGrid.from_bounds((x - half, y - half, x + half, y + half), crs, md.gsd)
-    labels = rasterize_checked(rules, grid)
-    sources = [{"kind": r.kind, "source": r.layer.source, "sha256": r.layer.sha256, "features": len(r.layer),
-                "repaired": r.layer.repaired, "dropped": r.layer.dropped} for r in rules]  # fmt: skip
-    return labels, sources
+    else:  # the centroid of the layers (weighted by area, so buildings rather than long roads)
+        geoms = [g for r in rules for g in r.layer.to_crs(CRS.from_epsg(4326)).geometries]
+        lon, lat = unary_union(geoms).centroid.coords[0]
+    return layout_labels_at(rules, lat, lon, md.gsd, size), layout_sources(rules)
 
 
 def rasterize_checked(rules: list[LayerRule], grid: TargetGrid) -> LayoutLabels:

@@ -40,9 +40,10 @@ from gen.job_spec import JobSpec
 from gen.progress import progress
 from gen.provenance import base_record
 from gen.seeding import sample_generators, sample_seed
+from gen.sr_job import run_sr
 from gen.txt2img_job import resolve_device
 from synth_datasets.atomic import atomic_write_text, remove_stale_temporaries
-from synth_datasets.geotiff import georeference_from_point
+from synth_datasets.geotiff import GeoReference, georeference_from_point
 from synth_datasets.layout_writer import write_layout_sample
 from synth_datasets.sample_writer import write_image_sample
 
@@ -97,6 +98,10 @@ def load_task_pipeline(spec: JobSpec) -> Any:
         from pipelines.text2img import RSText2ImagePipeline
 
         pipe = RSText2ImagePipeline.from_bundle(spec.model)
+    elif spec.task == "sr":
+        from pipelines.super_resolution import RSSuperResolutionPipeline
+
+        pipe = RSSuperResolutionPipeline.from_bundle(spec.model)
     else:
         from pipelines.controlled import RSControlledPipeline
 
@@ -116,9 +121,27 @@ def _record(spec: JobSpec, pipe: Any, index: int, conditions: dict[str, Any]) ->
     return record
 
 
-def generate_chunk(spec: JobSpec, pipe: Any, chunk: list[int]) -> list[tuple[int, np.ndarray, dict, Any]]:
-    """Images of the samples in ``chunk`` (one pipeline call) with their conditions."""
-    conditions = [spec.sample_conditions(i) for i in chunk]
+class TaskContext:
+    """What a task reads once per process: the pipeline and, for layout jobs, the vector layers."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.pipe = load_task_pipeline(spec)
+        self.rules = None
+        self.bounds = None
+        if spec.task == "layout":
+            from gen.controlled_job import layout_bounds_lonlat, load_layout_rules
+
+            self.rules = load_layout_rules(list(spec.layouts["files"]), spec.layouts.get("polygon_classes"))
+            self.bounds = layout_bounds_lonlat(self.rules)
+
+    def conditions(self, spec: JobSpec, index: int) -> dict[str, Any]:
+        return spec.sample_conditions(index, self.bounds)
+
+
+def generate_chunk(spec: JobSpec, ctx: TaskContext, chunk: list[int]) -> list[tuple[int, np.ndarray, dict, Any]]:
+    """Images of the samples in ``chunk`` (one pipeline call) with their conditions and labels."""
+    pipe = ctx.pipe
+    conditions = [ctx.conditions(spec, i) for i in chunk]
     common = {
         "prompt": [c["prompt"] for c in conditions],
         "negative_prompt": spec.negative_prompt,
@@ -131,6 +154,16 @@ def generate_chunk(spec: JobSpec, pipe: Any, chunk: list[int]) -> list[tuple[int
     semantics = []
     if spec.task == "txt2img":
         images = pipe(**common).images
+    elif spec.task == "layout":
+        from gen.controlled_job import layout_labels_at
+
+        size = spec.layouts.get("size") or pipe.model_card.native_size[0]
+        semantics = [  # random crops may fall on empty ground: background-only labels are valid samples
+            layout_labels_at(ctx.rules, c["metadata"].lat, c["metadata"].lon, c["metadata"].gsd, size, allow_empty=True)
+            for c in conditions
+        ]
+        control = torch.stack([encode_color(SemanticMask(lab.semantic, CANONICAL)) for lab in semantics])
+        images = pipe(controls={"mask": control}, **common).images
     else:
         masks = [read_mask(c["mask"], spec.masks["palette"]) for c in conditions]
         shapes = {m.shape for m in masks}
@@ -145,19 +178,43 @@ def generate_chunk(spec: JobSpec, pipe: Any, chunk: list[int]) -> list[tuple[int
     return out
 
 
-def write_sample(spec: JobSpec, pipe: Any, shard_dir: Path, index: int, image: np.ndarray, cond: dict,
-                 semantic: np.ndarray | None) -> None:  # fmt: skip
+def write_sample(spec: JobSpec, ctx: TaskContext, shard_dir: Path, index: int, image: np.ndarray, cond: dict,
+                 semantic: Any) -> None:  # fmt: skip
+    pipe = ctx.pipe
     stem = f"{index:08d}"
     record = _record(spec, pipe, index, cond)
     georef = None
+    if spec.task == "layout":  # semantic is the LayoutLabels: exact grid, instances and objects
+        labels = semantic
+        georef = GeoReference(crs=labels.grid.crs, transform=labels.grid.transform)
+        record["conditions"] = [{"kind": r.kind, "source": r.layer.source, "sha256": r.layer.sha256}
+                                for r in ctx.rules]  # fmt: skip
+        write_layout_sample(shard_dir, stem, image, labels.semantic, record, instances=labels.instances,
+                            objects=labels.objects, georef=georef, cog=spec.cog)  # fmt: skip
+        return
     if spec.format == "geotiff":
         md = cond["metadata"]
         georef = georeference_from_point(md.lat, md.lon, md.gsd, image.shape[0], image.shape[1])
     if semantic is not None:
         record["conditions"] = [{"kind": "mask", "source": str(cond["mask"]), "palette": spec.masks["palette"]}]
-        write_layout_sample(shard_dir, stem, image, semantic, record, georef=georef)
+        write_layout_sample(shard_dir, stem, image, semantic, record, georef=georef, cog=spec.cog)
     else:
-        write_image_sample(shard_dir, stem, image, record, fmt=spec.format, georef=georef)
+        write_image_sample(shard_dir, stem, image, record, fmt=spec.format, georef=georef, cog=spec.cog)
+
+
+def _sr_job(spec: JobSpec, ctx: TaskContext, index: int, shard_dir: Path) -> Any:
+    from gen.sr_job import SRJob
+
+    lr = spec.lr
+    cond = ctx.conditions(spec, index)
+    return SRJob(
+        model=spec.model, lr=cond["lr"], out=shard_dir / f"{index:08d}.tif", scale=float(lr["scale"]),
+        bands=lr.get("bands"), ref=Path(lr["ref"]) if lr.get("ref") else None,
+        ref_strength=float(lr.get("ref_strength", 0.5)), tile=lr.get("tile"), overlap=int(lr.get("overlap", 32)),
+        prompt=cond["prompt"], steps=spec.steps, guidance=float(spec.raw.get("guidance", 1.0)),
+        seed=sample_seed(spec.seed, index),
+        overwrite=True,
+    )  # fmt: skip
 
 
 def _shard_manifest(shard_dir: Path, indices: range) -> str:
@@ -191,7 +248,7 @@ def run_job(spec: JobSpec, out: str | os.PathLike) -> dict[str, Any]:
     held = json.loads((out / LOCK_FILE).read_text())
     if held["spec_sha256"] != spec.digest():
         raise JobLockError(f"rank {rank}: the lock in {out} names another spec")
-    pipe = load_task_pipeline(spec)
+    ctx = TaskContext(spec)
     mine = [k for k in range(spec.num_shards) if k % world == rank]
     todo = [k for k in mine if not (out / "shards" / f"{k:05d}.jsonl").exists()]
     missing_total = sum(
@@ -212,11 +269,17 @@ def run_job(spec: JobSpec, out: str | os.PathLike) -> dict[str, Any]:
                 missing = {i for i in chunk if not (shard_dir / f"{i:08d}.json").exists()}
                 if not missing:
                     continue
-                results = generate_chunk(spec, pipe, chunk)  # the whole chunk, so the bytes never change
+                if spec.task == "sr":  # SR tiles, blends and writes each raster itself
+                    for index in sorted(missing):
+                        run_sr(_sr_job(spec, ctx, index, shard_dir), ctx.pipe)
+                    bar.update(len(missing))
+                    written += len(missing)
+                    continue
+                results = generate_chunk(spec, ctx, chunk)  # the whole chunk, so the bytes never change
                 for future in pending:  # the previous chunk's writes ran while this chunk computed
                     future.result()
                 pending = [
-                    writer.submit(write_sample, spec, pipe, shard_dir, index, image, cond, semantic)
+                    writer.submit(write_sample, spec, ctx, shard_dir, index, image, cond, semantic)
                     for index, image, cond, semantic in results
                     if index in missing
                 ]

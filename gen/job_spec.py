@@ -39,7 +39,7 @@ from conditions.metadata import Metadata, MetadataError, parse_date
 from conditions.palettes import PALETTES
 from gen.seeding import sample_seed
 
-TASKS = ("txt2img", "generate")
+TASKS = ("txt2img", "generate", "layout", "sr")
 FORMATS = ("png", "geotiff")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "range", "box")
 
@@ -98,7 +98,10 @@ class JobSpec:
     metadata: dict[str, Any]
     format: str
     masks: dict[str, Any] | None
+    layouts: dict[str, Any] | None
+    lr: dict[str, Any] | None
     writers: tuple[str, ...]
+    cog: bool
     raw: dict[str, Any]
 
     @property
@@ -120,14 +123,23 @@ class JobSpec:
         return files
 
     # ------------------------------------------------------------------ per-sample conditions
-    def sample_conditions(self, index: int) -> dict[str, Any]:
-        """Prompt, metadata (and mask file) of sample ``index``: a function of (seed, index) only."""
+    def sample_conditions(
+        self, index: int, layout_bounds: tuple[float, float, float, float] | None = None
+    ) -> dict[str, Any]:
+        """Prompt, metadata (and mask or LR file) of sample ``index``: a function of (seed, index) only.
+        For ``layout`` jobs the location is drawn inside ``layout_bounds`` (lon/lat) unless the spec
+        gives ``metadata.location``."""
         rng = np.random.default_rng(sample_seed(self.seed, index))
         prompt = self.prompts[int(rng.integers(len(self.prompts)))]
         values: dict[str, Any] = {}
+        metadata = dict(self.metadata)
+        if self.layouts is not None:
+            metadata.setdefault("gsd", self.layouts["gsd"])
+            if "location" not in metadata and layout_bounds is not None:
+                metadata["location"] = {"box": list(layout_bounds)}
         for name in ("gsd", "date", "location", "cloud", "sensor"):
-            if name in self.metadata:
-                values[name] = _draw(self.metadata[name], rng)
+            if name in metadata:
+                values[name] = _draw(metadata[name], rng)
         location = values.pop("location", None)
         if location is not None:
             values["lon"], values["lat"] = location
@@ -135,7 +147,17 @@ class JobSpec:
         if self.masks is not None:
             files = self.mask_files()
             out["mask"] = files[index % len(files)]
+        if self.lr is not None:
+            files = self.lr_files()
+            out["lr"] = files[index % len(files)]
         return out
+
+    def lr_files(self) -> list[Path]:
+        files = [Path(f) for f in self.lr["files"]]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise _err("lr.files", f"no such file(s) {missing}")
+        return files
 
 
 def _draw(dist: Any, rng: np.random.Generator) -> Any:
@@ -160,9 +182,9 @@ def _draw(dist: Any, rng: np.random.Generator) -> Any:
 # ---------------------------------------------------------------------- validation
 KNOWN_KEYS = {
     "task", "model", "num_samples", "seed", "batch_size", "shard_size", "steps", "guidance", "threads",
-    "prompts", "negative_prompt", "metadata", "format", "masks", "out", "writers",
+    "prompts", "negative_prompt", "metadata", "format", "masks", "out", "writers", "layouts", "lr", "cog",
 }  # fmt: skip
-WRITERS = ("hf", "webdataset", "coco", "stac")
+WRITERS = ("hf", "webdataset", "coco", "stac", "captions")
 
 
 def _int(data: dict, key: str, default: int | None, low: int) -> int:
@@ -248,8 +270,35 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
     fmt = data.get("format", "png")
     if fmt not in FORMATS:
         raise _err("format", f"expected one of {FORMATS}, got {fmt!r}")
-    if fmt == "geotiff" and not ({"gsd", "location"} <= set(metadata)):
+    if fmt == "geotiff" and task in ("txt2img", "generate") and not ({"gsd", "location"} <= set(metadata)):
         raise _err("format", "geotiff needs metadata.gsd and metadata.location to place each image")
+    layouts = data.get("layouts")
+    if task == "layout":
+        if not isinstance(layouts, dict) or not layouts.get("files"):
+            raise _err("layouts", "task layout needs layouts: {files: [buildings:PATH, roads:PATH], gsd: M, size: PX}")
+        if not isinstance(layouts.get("gsd"), int | float) or layouts["gsd"] <= 0:
+            raise _err("layouts.gsd", f"expected a positive GSD in metres, got {layouts.get('gsd')!r}")
+        if "size" in layouts and (not isinstance(layouts["size"], int) or layouts["size"] < 16):
+            raise _err("layouts.size", f"expected an integer number of pixels >= 16, got {layouts['size']!r}")
+        unknown_layout = sorted(set(layouts) - {"files", "gsd", "size", "polygon_classes"})
+        if unknown_layout:
+            raise _err(f"layouts.{unknown_layout[0]}", "unknown key; use files, gsd, size, polygon_classes")
+        fmt = "geotiff"  # layout samples are always georeferenced
+    elif layouts is not None:
+        raise _err("layouts", f"only used by task layout, not {task}")
+    lr = data.get("lr")
+    if task == "sr":
+        if not isinstance(lr, dict) or not lr.get("files") or "scale" not in lr:
+            raise _err("lr", "task sr needs lr: {files: [PATH, ...], scale: FACTOR}")
+        if not isinstance(lr["scale"], int | float) or lr["scale"] < 1:
+            raise _err("lr.scale", f"expected a factor >= 1, got {lr['scale']!r}")
+        unknown_lr = sorted(set(lr) - {"files", "scale", "bands", "ref", "ref_strength", "tile", "overlap"})
+        if unknown_lr:
+            raise _err(f"lr.{unknown_lr[0]}", "unknown key; use files, scale, bands, ref, ref_strength, tile, overlap")
+        if fmt != "geotiff":
+            fmt = "geotiff"  # SR always writes GeoTIFF
+    elif lr is not None:
+        raise _err("lr", f"only used by task sr, not {task}")
     masks = data.get("masks")
     if task == "generate":
         if not isinstance(masks, dict) or "dir" not in masks or "palette" not in masks:
@@ -265,9 +314,15 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
         raise _err("writers", f"expected a list drawn from {WRITERS}, got {writers!r}")
     if "stac" in writers and fmt != "geotiff":
         raise _err("writers", "stac needs georeferenced samples: set format: geotiff")
+    cog = data.get("cog", False)
+    if not isinstance(cog, bool):
+        raise _err("cog", f"expected true or false, got {cog!r}")
+    if cog and (fmt != "geotiff" or task == "sr"):
+        raise _err("cog", "Cloud-Optimized GeoTIFFs need format: geotiff (tasks txt2img, generate, layout)")
     resolved = {k: v for k, v in data.items() if k != "out"}
     return JobSpec(
         task=task, model=model, num_samples=num_samples, seed=seed, batch_size=batch_size, shard_size=shard_size,
         steps=steps, guidance=float(guidance), threads=threads, prompts=tuple(prompts), negative_prompt=negative,
-        metadata=metadata, format=fmt, masks=masks, writers=tuple(writers), raw=resolved,
+        metadata=metadata, format=fmt, masks=masks, layouts=layouts, lr=lr, writers=tuple(writers), cog=cog,
+        raw=resolved,
     )  # fmt: skip

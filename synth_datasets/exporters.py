@@ -25,7 +25,7 @@ from synth_datasets.reader import RsgenDataset
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("hf", "webdataset", "coco", "stac")
+EXPORT_FORMATS = ("hf", "webdataset", "coco", "stac", "captions")
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -207,8 +207,22 @@ def export_stac(ds: RsgenDataset, out: str | os.PathLike) -> Path:
     return out / "catalog.json"
 
 
+def export_captions(ds: RsgenDataset, out: str | os.PathLike) -> Path:
+    """Caption JSON (``[{"id", "image", "caption", "metadata"}]``), the layout captioning datasets use."""
+    records = [
+        {"id": s.id, "image": s.files["image"], "caption": s.caption, "metadata": s.provenance.get("metadata")}
+        for s in ds
+    ]
+    path = Path(out) / "captions.json"
+    atomic_write_text(path, json.dumps(records, indent=1) + "\n")
+    return path
+
+
 def export(ds: RsgenDataset, fmt: str, out: str | os.PathLike) -> Path | list[Path]:
-    exporters = {"hf": export_hf, "webdataset": export_webdataset, "coco": export_coco, "stac": export_stac}
+    exporters = {
+        "hf": export_hf, "webdataset": export_webdataset, "coco": export_coco, "stac": export_stac,
+        "captions": export_captions,
+    }  # fmt: skip
     if fmt not in exporters:
         raise ValueError(f"--format {fmt!r}: expected one of {EXPORT_FORMATS}")
     return exporters[fmt](ds, out)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from pyproj import CRS, Transformer
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine, from_origin
@@ -71,8 +72,10 @@ def write_geotiff(
     descriptions: tuple[str, ...] | None = None,
     nodata: float | None = None,
     tags: dict[str, Any] | None = None,
+    cog: bool = False,
 ) -> Path:
-    """Write ``image`` (H, W) or (H, W, bands) atomically as a deflate-compressed, tiled GeoTIFF.
+    """Write ``image`` (H, W) or (H, W, bands) atomically as a deflate-compressed, tiled GeoTIFF
+    (a Cloud-Optimized GeoTIFF with ``cog=True``).
 
     ``tags`` values are stored as TIFF metadata (non-strings as JSON).
     """
@@ -100,12 +103,19 @@ def write_geotiff(
     if bands == 3 and array.dtype == np.uint8:
         profile["photometric"] = "RGB"
     with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(np.moveaxis(array, -1, 0))  # (H, W, bands) -> (bands, H, W)
-            for index, text in enumerate(descriptions or (), start=1):
-                dst.set_band_description(index, text)
-            if tags:
-                dst.update_tags(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()})
+        plain = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
+        try:
+            with rasterio.open(plain, "w", **profile) as dst:
+                dst.write(np.moveaxis(array, -1, 0))  # (H, W, bands) -> (bands, H, W)
+                for index, text in enumerate(descriptions or (), start=1):
+                    dst.set_band_description(index, text)
+                if tags:
+                    dst.update_tags(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()})
+            if cog:  # COG layout: tiled, overviews, header first
+                rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate")
+        finally:
+            if cog:
+                plain.unlink(missing_ok=True)
     return Path(path)
 
 

@@ -73,10 +73,11 @@ def write_layout_sample(
     instances: np.ndarray | None = None,
     objects: list[LayoutObject] | None = None,
     georef: GeoReference | None = None,
+    cog: bool = False,
 ) -> WrittenSample:
     """Write image, labels and sidecar; ``image`` (H, W, 3), ``semantic``/``instances`` (H, W)."""
     if semantic.shape != image.shape[:2]:
         raise ValueError(f"semantic: shape {semantic.shape} must equal the image's {image.shape[:2]}")
     labels = write_layout_labels(out_dir, stem, semantic, instances=instances, objects=objects, georef=georef)
     fmt = "geotiff" if georef is not None else "png"
-    return write_image_sample(out_dir, stem, image, {**provenance, "labels": labels}, fmt=fmt, georef=georef)
+    return write_image_sample(out_dir, stem, image, {**provenance, "labels": labels}, fmt=fmt, georef=georef, cog=cog)

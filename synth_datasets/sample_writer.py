@@ -50,6 +50,7 @@ def write_image_sample(
     *,
     fmt: str = "png",
     georef: GeoReference | None = None,
+    cog: bool = False,
 ) -> WrittenSample:
     """Write ``{stem}.png|.tif`` and ``{stem}.json`` into ``out_dir``.
 
@@ -71,7 +72,9 @@ def write_image_sample(
     else:
         # No timestamp inside the image: the same sample always has the same bytes (it is in the sidecar).
         stable = {k: v for k, v in provenance.items() if k != "created"}
-        write_geotiff(image_path, array, georef, descriptions=RGB_DESCRIPTIONS, tags={"rsgen_provenance": stable})
+        write_geotiff(
+            image_path, array, georef, descriptions=RGB_DESCRIPTIONS, tags={"rsgen_provenance": stable}, cog=cog
+        )
     return write_sidecar(out_dir, stem, image_path, provenance, array.shape, georef)
 
 

@@ -72,9 +72,29 @@ def test_webdataset_shards_load_with_webdataset(layout_dataset, tmp_path):
     assert json.loads(first["json"])["task"] == "generate"
 
 
+COCO_SCHEMA = {  # the parts of the COCO instances format that loaders (pycocotools, detectron2) rely on
+    "type": "object",
+    "required": ["images", "annotations", "categories"],
+    "properties": {
+        "images": {"type": "array", "items": {"type": "object", "required": ["id", "file_name", "width", "height"],
+                   "properties": {"id": {"type": "integer"}, "width": {"type": "integer"},
+                                  "height": {"type": "integer"}, "file_name": {"type": "string"}}}},
+        "annotations": {"type": "array", "items": {
+            "type": "object", "required": ["id", "image_id", "category_id", "bbox", "area", "segmentation", "iscrowd"],
+            "properties": {"bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                           "segmentation": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                           "iscrowd": {"enum": [0, 1]}, "area": {"type": "number", "exclusiveMinimum": 0}}}},
+        "categories": {"type": "array", "items": {"type": "object", "required": ["id", "name"]}},
+    },
+}  # fmt: skip
+
+
 def test_coco_annotations_are_exact(layout_dataset, tmp_path):
+    import jsonschema
+
     ds = load_dataset(layout_dataset)
     coco = json.loads(export_coco(ds, tmp_path / "coco").read_text())
+    jsonschema.validate(coco, COCO_SCHEMA)
     assert {"images", "annotations", "categories", "info"} <= set(coco)
     assert {c["name"] for c in coco["categories"]} == set(CANONICAL.names)
     instances = ds[0].label("instances")
@@ -109,6 +129,25 @@ def test_preview_html_and_contact_sheet(layout_dataset, tmp_path, capsys):
 
     sheet = PIL.Image.open(tmp_path / "p.png")
     assert sheet.size[0] > 64 and np.asarray(sheet).std() > 0
+
+
+def test_captions_export(layout_dataset, tmp_path):
+    assert main(["export", str(layout_dataset), "--format", "captions", "--out", str(tmp_path / "cap")]) == 0
+    records = json.loads((tmp_path / "cap" / "captions.json").read_text())
+    assert [r["caption"] for r in records] == ["houses and streets"] * 2 and records[0]["metadata"]["gsd"] == 3.0
+
+
+def test_cloud_optimized_geotiff(tmp_path):
+    import rasterio
+
+    from synth_datasets.geotiff import georeference_from_point, write_geotiff
+
+    image = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    path = write_geotiff(tmp_path / "c.tif", image, georeference_from_point(10, 10, 1, 1024, 1024), cog=True)
+    with rasterio.open(path) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1)
+        assert np.array_equal(np.moveaxis(src.read(), 0, -1), image) and src.crs.to_epsg() == 32632
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif"]
 
 
 def test_export_cli_and_errors(layout_dataset, tmp_path, caplog):

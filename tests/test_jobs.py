@@ -57,7 +57,7 @@ def manifest(folder: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"task": "draw"}, r"task: expected one of \('txt2img', 'generate'\), got 'draw'"),
+        ({"task": "draw"}, r"task: expected one of \('txt2img', 'generate', 'layout', 'sr'\), got 'draw'"),
         ({"colour": 1}, r"colour: unknown key"),
         ({"num_samples": 0}, r"num_samples: expected an integer >= 1, got 0"),
         ({"metadata": {"cloud": {"uniform": [0, 1.7]}}}, r"metadata\.cloud\.uniform: expected fractions in \[0, 1\]"),
@@ -72,6 +72,9 @@ def manifest(folder: Path) -> list[dict]:
         ({"format": "geotiff"}, r"format: geotiff needs metadata\.gsd and metadata\.location"),
         ({"task": "generate"}, r"masks: task generate needs masks"),
         ({"prompts": []}, r"prompts: expected a non-empty list of strings"),
+        ({"cog": True}, r"cog: Cloud-Optimized GeoTIFFs need format: geotiff"),
+        ({"task": "sr"}, r"lr: task sr needs lr"),
+        ({"task": "layout"}, r"layouts: task layout needs layouts"),
     ],
 )
 def test_spec_validation_names_the_key(change, match, tmp_path):
@@ -194,3 +197,37 @@ def test_spec_writers_export_at_the_end(job_model, tmp_path):
         validate_spec(spec_dict(job_model, writers=["tfrecord"]))
     with pytest.raises(SpecError, match=r"writers: stac needs georeferenced samples"):
         validate_spec(spec_dict(job_model, writers=["stac"]))
+
+
+def test_layout_and_sr_jobs_on_real_data(tmp_path):
+    from rasterio.windows import Window
+
+    from pipelines.tiny_bundle import TinyControlledBundleConfig, TinySRBundleConfig, build_tiny_bundle
+    from tests.test_sr import crop
+
+    ctrl = build_tiny_bundle(tmp_path / "ctrl", TinyControlledBundleConfig(image_size=64, controls=("mask",)))
+    osm = "vector/osm_west_oakland"
+    layout = {"task": "layout", "model": str(ctrl), "num_samples": 3, "batch_size": 2, "shard_size": 3, "steps": 1,
+              "layouts": {"files": [f"buildings:{shared_file(osm + '/buildings.geojson')}",
+                                    f"roads:{shared_file(osm + '/roads.geojson')}"], "gsd": 2.0, "size": 64},
+              "writers": ["coco", "stac"]}  # fmt: skip
+    run_job(validate_spec(layout), tmp_path / "layout")
+    entries = [json.loads(line) for line in (tmp_path / "layout" / "manifest.jsonl").read_text().splitlines()]
+    assert len(entries) == 3 and all({"semantic", "instances", "objects"} <= set(e["files"]) for e in entries)
+    centres = {tuple(e["provenance"]["bounds"][:2]) for e in entries}
+    assert len(centres) == 3  # each sample is a different crop
+    assert (tmp_path / "layout" / "export" / "stac" / "catalog.json").is_file()
+
+    sr = build_tiny_bundle(tmp_path / "sr", TinySRBundleConfig(tile_size=64))
+    lr = crop(shared_file("geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif"), tmp_path / "lr.tif",
+              Window(0, 0, 16, 16))  # fmt: skip
+    spec = {"task": "sr", "model": str(sr), "num_samples": 2, "shard_size": 2, "steps": 1,
+            "lr": {"files": [str(lr)], "scale": 2, "tile": 64}}  # fmt: skip
+    run_job(validate_spec(spec), tmp_path / "sr_out")
+    entries = [json.loads(line) for line in (tmp_path / "sr_out" / "manifest.jsonl").read_text().splitlines()]
+    assert [e["files"]["image"] for e in entries] == ["shards/00000/00000000.tif", "shards/00000/00000001.tif"]
+    assert entries[0]["sha256"] != entries[1]["sha256"]  # different per-sample seeds
+    with pytest.raises(SpecError, match=r"lr\.scale: expected a factor >= 1"):
+        validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 0.5}})
+    with pytest.raises(SpecError, match=r"layouts\.gsd: expected a positive GSD"):
+        validate_spec({**layout, "layouts": {"files": ["a.geojson"], "gsd": 0}})
