@@ -32,8 +32,8 @@ from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
 from conditions.vectors import LayerRule, LayoutLabels, TargetGrid, VectorError, attribute_classifier, read_vector
 from gen.progress import progress
-from gen.provenance import base_record
-from gen.seeding import sample_generators, sample_seed
+from gen.provenance import sample_record
+from gen.seeding import sample_generators
 from gen.txt2img_job import resolve_device
 from pipelines.controlled import RSControlledPipeline
 from pipelines.controlled.scene import check_scene, decode_scene, scene_latents
@@ -263,61 +263,54 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
             f"the layout/control is {height}x{width} pixels; it must be a multiple of {pipe.size_multiple} "
             "(crop it, or pass --size for vector layouts)"
         )
+    layout = PreparedLayout(controls, semantic, instances, objects, georef, conditions)
     if height > tile or width > tile:
-        return _run_scene(job, pipe, controls, semantic, instances, objects, georef, conditions, tile)
+        return _run_scene(job, pipe, layout, tile)
     written = []
     with progress(total=job.num_samples, desc="generate", unit="img") as bar:
         for start in range(0, job.num_samples, job.batch_size):
-            written += _generate_batch(job, pipe, controls, semantic, instances, objects, georef, conditions, start)
+            written += _generate_batch(job, pipe, layout, start)
             bar.update(min(job.batch_size, job.num_samples - start))
     return written
 
 
-def _generate_batch(
-    job: GenerateJob,
-    pipe: RSControlledPipeline,
-    controls: dict[str, torch.Tensor],
-    semantic: np.ndarray,
-    instances: np.ndarray | None,
-    objects: list | None,
-    georef: GeoReference | None,
-    conditions: list[dict[str, Any]],
-    start: int,
-) -> list[Path]:
+@dataclass
+class PreparedLayout:
+    """Everything a generate run conditions on and labels with, prepared once for all samples."""
+
+    controls: dict[str, torch.Tensor]  # name -> (1, 3, H, W) in [0, 1]
+    semantic: np.ndarray  # (H, W) canonical ids
+    instances: np.ndarray | None  # (H, W) instance ids
+    objects: list | None
+    georef: GeoReference | None
+    conditions: list[dict[str, Any]]  # provenance of every condition
+
+
+def _generate_batch(job: GenerateJob, pipe: RSControlledPipeline, layout: PreparedLayout, start: int) -> list[Path]:
     written = []
     out = Path(job.out)
     indices = list(range(start, min(start + job.batch_size, job.num_samples)))
     n = len(indices)
     result = pipe(
         prompt=[job.prompt] * n, negative_prompt=job.negative_prompt,
-        controls={k: v.expand(n, -1, -1, -1) for k, v in controls.items()},
+        controls={k: v.expand(n, -1, -1, -1) for k, v in layout.controls.items()},
         control_scales=job.control_scales, control_guidance=job.control_guidance,
         metadata=[job.metadata] * n if pipe.has_metadata else None,
         num_inference_steps=job.steps, guidance_scale=job.guidance,
         generator=sample_generators(job.seed, indices), output_type="np",
     )  # fmt: skip
     for index, image in zip(indices, result.images):
-        record = _provenance(job, pipe, "generate", index, conditions)
-        sample = write_layout_sample(out, f"{index:06d}", image, semantic, record, instances=instances,
-                                     objects=objects, georef=georef)  # fmt: skip
+        record = _provenance(job, pipe, "generate", index, layout.conditions)
+        sample = write_layout_sample(out, f"{index:06d}", image, layout.semantic, record, instances=layout.instances,
+                                     objects=layout.objects, georef=layout.georef)  # fmt: skip
         written.append(sample.image)
     return written
 
 
-def _run_scene(
-    job: GenerateJob,
-    pipe: RSControlledPipeline,
-    controls: dict[str, torch.Tensor],
-    semantic: np.ndarray,
-    instances: np.ndarray | None,
-    objects: list | None,
-    georef: GeoReference | None,
-    conditions: list[dict[str, Any]],
-    tile: int,
-) -> list[Path]:
+def _run_scene(job: GenerateJob, pipe: RSControlledPipeline, layout: PreparedLayout, tile: int) -> list[Path]:
     """Generate each sample as a tiled scene and stream its image to disk row by row."""
-    height, width = semantic.shape
-    controls_u8 = {k: (v * 255).round().to(torch.uint8) for k, v in controls.items()}  # compact scene canvas
+    height, width = layout.semantic.shape
+    controls_u8 = {k: (v * 255).round().to(torch.uint8) for k, v in layout.controls.items()}  # compact canvas
     overlap = job.overlap if job.overlap is not None else min(64, tile // 4 // 8 * 8)
     try:
         check_scene(pipe, height, width, tile, overlap)
@@ -326,40 +319,22 @@ def _run_scene(
     written = []
     with progress(total=job.num_samples * job.steps, desc=f"scene {height}x{width}", unit="step") as bar:
         for index in range(job.num_samples):
-            written.append(
-                _scene_sample(
-                    job,
-                    pipe,
-                    controls_u8,
-                    semantic,
-                    instances,
-                    objects,
-                    georef,
-                    conditions,
-                    tile,
-                    overlap,
-                    index,
-                    bar.update,
-                )  # fmt: skip
-            )
+            written.append(_scene_sample(job, pipe, layout, controls_u8, tile, overlap, index, bar.update))
     return written
 
 
 def _scene_sample(
     job: GenerateJob,
     pipe: RSControlledPipeline,
+    layout: PreparedLayout,
     controls_u8: dict[str, torch.Tensor],
-    semantic: np.ndarray,
-    instances: np.ndarray | None,
-    objects: list | None,
-    georef: GeoReference | None,
-    conditions: list[dict[str, Any]],
     tile: int,
     overlap: int,
     index: int,
     on_step: Any,
 ) -> Path:
     """Generate sample ``index`` as a tiled scene and stream its image to disk row by row."""
+    semantic, georef = layout.semantic, layout.georef
     height, width = semantic.shape
     stem = f"{index:06d}"
     latents = scene_latents(
@@ -368,8 +343,10 @@ def _scene_sample(
         metadata=job.metadata if pipe.has_metadata else None, num_inference_steps=job.steps,
         guidance_scale=job.guidance, generator=sample_generators(job.seed, [index])[0], progress=on_step,
     )  # fmt: skip
-    labels = write_layout_labels(job.out, stem, semantic, instances=instances, objects=objects, georef=georef)
-    record = _provenance(job, pipe, "generate", index, conditions)
+    labels = write_layout_labels(
+        job.out, stem, semantic, instances=layout.instances, objects=layout.objects, georef=georef
+    )
+    record = _provenance(job, pipe, "generate", index, layout.conditions)
     record.update(labels=labels, scene={"tile": tile, "overlap": overlap, "height": height, "width": width})
     if georef is None:  # PNG cannot be written by rows: assemble the (uint8) image, then write it
         canvas = np.zeros((3, height, width), dtype=np.uint8)
@@ -397,15 +374,18 @@ def _scene_sample(
 
 def _provenance(job: Any, pipe: RSControlledPipeline, task: str, index: int, conditions: list) -> dict[str, Any]:
     return {
-        **base_record(task, pipe, job.model),
-        "sample_index": index,
-        "sample_seed": sample_seed(job.seed, index),
-        "job_seed": job.seed,
-        "steps": job.steps,
-        "guidance_scale": job.guidance,
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "metadata": job.metadata.to_dict(),
+        **sample_record(
+            task,
+            pipe,
+            job.model,
+            job_seed=job.seed,
+            index=index,
+            steps=job.steps,
+            guidance=job.guidance,
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            metadata=job.metadata,
+        ),  # fmt: skip
         "conditions": conditions,
         "control_scales": dict(getattr(job, "control_scales", {})),
         "control_guidance": {k: list(v) for k, v in getattr(job, "control_guidance", {}).items()},

@@ -38,7 +38,7 @@ from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.palettes import CANONICAL
 from gen.job_spec import JobSpec
 from gen.progress import progress
-from gen.provenance import base_record
+from gen.provenance import sample_record
 from gen.seeding import sample_generators, sample_seed
 from gen.sr_job import run_sr
 from gen.txt2img_job import resolve_device
@@ -112,12 +112,11 @@ def load_task_pipeline(spec: JobSpec) -> Any:
 
 
 def _record(spec: JobSpec, pipe: Any, index: int, conditions: dict[str, Any]) -> dict[str, Any]:
-    record = base_record(spec.task, pipe, spec.model)
-    record.update(
-        sample_index=index, sample_seed=sample_seed(spec.seed, index), job_seed=spec.seed, steps=spec.steps,
-        guidance_scale=spec.guidance, prompt=conditions["prompt"], negative_prompt=spec.negative_prompt,
-        metadata=conditions["metadata"].to_dict(), spec_sha256=spec.digest(),
+    record = sample_record(
+        spec.task, pipe, spec.model, job_seed=spec.seed, index=index, steps=spec.steps, guidance=spec.guidance,
+        prompt=conditions["prompt"], negative_prompt=spec.negative_prompt, metadata=conditions["metadata"],
     )  # fmt: skip
+    record["spec_sha256"] = spec.digest()
     return record
 
 

@@ -14,6 +14,35 @@ import transformers
 from gen import __version__
 
 
+def sample_record(
+    task: str,
+    pipe: Any,
+    model_source: str,
+    *,
+    job_seed: int,
+    index: int,
+    steps: int,
+    guidance: float,
+    prompt: str,
+    negative_prompt: str | None,
+    metadata: Any,
+) -> dict[str, Any]:
+    """``base_record`` plus what regenerates one sample: its index and seed, steps, guidance, text, metadata."""
+    from gen.seeding import sample_seed
+
+    return {
+        **base_record(task, pipe, model_source),
+        "sample_index": index,
+        "sample_seed": sample_seed(job_seed, index),
+        "job_seed": job_seed,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "metadata": metadata.to_dict(),
+    }
+
+
 def base_record(task: str, pipe: Any, model_source: str) -> dict[str, Any]:
     """Fields shared by the sidecars of every task; jobs add their own inputs and seeds."""
     card = pipe.model_card

@@ -15,8 +15,8 @@ import torch
 
 from conditions.metadata import Metadata
 from gen.progress import progress
-from gen.provenance import base_record
-from gen.seeding import sample_generators, sample_seed
+from gen.provenance import sample_record
+from gen.seeding import sample_generators
 from pipelines.text2img import RSText2ImagePipeline
 from synth_datasets.geotiff import georeference_from_point
 from synth_datasets.sample_writer import FORMATS, WrittenSample, write_image_sample
@@ -89,15 +89,18 @@ def load_pipeline(model: str, *, allow_pickle: bool = False, device: str = "auto
 def provenance(job: Txt2ImgJob, pipe: RSText2ImagePipeline, index: int, height: int, width: int) -> dict[str, Any]:
     """The sidecar record of sample ``index``: enough to regenerate it exactly."""
     return {
-        **base_record("txt2img", pipe, job.model),
-        "sample_index": index,
-        "sample_seed": sample_seed(job.seed, index),
-        "job_seed": job.seed,
-        "steps": job.steps,
-        "guidance_scale": job.guidance,
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "metadata": job.metadata.to_dict(),
+        **sample_record(
+            "txt2img",
+            pipe,
+            job.model,
+            job_seed=job.seed,
+            index=index,
+            steps=job.steps,
+            guidance=job.guidance,
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            metadata=job.metadata,
+        ),  # fmt: skip
         "metadata_conditioned": pipe.has_metadata,
         "height": height,
         "width": width,
