@@ -1,0 +1,250 @@
+"""Change-event simulation on semantic layouts (Changen2-style): the single source of truth of every
+change label.
+
+``simulate_change`` takes a canonical semantic mask (and its building instances), a GSD and a
+seeded ``numpy.random.Generator`` and applies events until the target change fraction is reached:
+
+* ``add_building`` — a rectangular or L-shaped footprint, sized like the existing buildings (or by
+  ``min_size_m``/``max_size_m``), aligned with the nearest building, placed on buildable land
+  (never over buildings, roads or water unless ``allow_overlap``);
+* ``remove_building`` — an existing building becomes bare ground (demolition);
+* ``transition`` — part of a connected region of class A becomes class B (``transitions`` table,
+  e.g. agriculture→building, low_vegetation→bare, tree→bare, water→bare).
+
+Each event records its type, classes from→to, its geometry (pixel coordinates, the polygons of
+exactly the pixels it changed), area in m² and centroid. The binary change mask is exactly the
+union of the events' rasterised geometries; label1/label2 agree with the events' from→to classes.
+Applying ``simulate_change`` to its own output chains dates into a time series.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import shapely
+from rasterio import features
+from shapely.geometry import Polygon, shape
+from shapely.geometry.base import BaseGeometry
+
+from conditions.palettes import CANONICAL, IGNORE
+
+EVENT_TYPES = ("add_building", "remove_building", "transition")
+BUILDING = CANONICAL.class_by_name("building").id
+BARE = CANONICAL.class_by_name("bare").id
+NOT_BUILDABLE = {BUILDING, CANONICAL.class_by_name("road").id, CANONICAL.class_by_name("water").id, IGNORE}
+DEFAULT_TRANSITIONS = {"agriculture": "building", "low_vegetation": "bare", "tree": "bare", "water": "bare",
+                       "bare": "road"}  # fmt: skip
+
+
+class ChangeError(ValueError):
+    """Invalid change parameters or a layout the events cannot act on."""
+
+
+@dataclass(frozen=True)
+class ChangeConfig:
+    events: Mapping[str, float] = field(
+        default_factory=lambda: {"add_building": 0.6, "remove_building": 0.2, "transition": 0.2}
+    )
+    change_fraction: float = 0.1  # target fraction of changed (valid) pixels
+    min_size_m: float = 8.0  # footprint side lengths for new buildings
+    max_size_m: float = 40.0
+    transitions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TRANSITIONS))
+    allow_overlap: bool = False
+    max_tries: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 < self.change_fraction <= 1:
+            raise ChangeError(f"change_fraction={self.change_fraction}: expected a fraction in (0, 1]")
+        unknown = sorted(set(self.events) - set(EVENT_TYPES))
+        if unknown:
+            raise ChangeError(f"events: unknown event type(s) {unknown}; use {EVENT_TYPES}")
+        if any(p < 0 for p in self.events.values()) or sum(self.events.values()) <= 0:
+            raise ChangeError(f"events={dict(self.events)}: expected probabilities >= 0 with a positive sum")
+        if not 0 < self.min_size_m <= self.max_size_m:
+            raise ChangeError(f"min_size_m={self.min_size_m}, max_size_m={self.max_size_m}: expected 0 < min <= max")
+        for src, dst in self.transitions.items():
+            if src == dst:
+                raise ChangeError(f"transitions: {src!r} -> {dst!r} changes nothing; map to another class")
+            for name in (src, dst):
+                try:
+                    CANONICAL.class_by_name(name)
+                except ValueError:
+                    raise ChangeError(f"transitions: unknown class {name!r}; use {CANONICAL.names}") from None
+
+
+@dataclass
+class ChangeEvent:
+    type: str
+    class_from: str
+    class_to: str
+    geometry: BaseGeometry  # pixel coordinates: the pixels this event changed
+    area_m2: float
+    centroid: tuple[float, float]  # pixel (x, y)
+    instance_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "from": self.class_from, "to": self.class_to,
+                "geometry": shapely.geometry.mapping(self.geometry), "area_m2": self.area_m2,
+                "centroid": list(self.centroid), "instance_id": self.instance_id}  # fmt: skip
+
+
+@dataclass
+class ChangeResult:
+    semantic: np.ndarray  # (H, W) canonical ids at t2
+    instances: np.ndarray  # (H, W) building instance ids at t2
+    events: list[ChangeEvent]
+    change_mask: np.ndarray  # (H, W) bool, exactly the union of the events' pixels
+
+
+def _pixels_to_geometry(mask: np.ndarray) -> BaseGeometry:
+    polygons = [shape(g) for g, v in features.shapes(mask.astype(np.uint8), mask=mask) if v == 1]
+    return shapely.union_all(polygons) if polygons else Polygon()
+
+
+def _event(kind: str, src: int, dst: int, changed: np.ndarray, gsd: float, instance: int | None) -> ChangeEvent:
+    geometry = _pixels_to_geometry(changed)
+    centroid = geometry.centroid
+    return ChangeEvent(
+        kind, CANONICAL.by_id()[src].name, CANONICAL.by_id()[dst].name, geometry,
+        float(changed.sum()) * gsd * gsd, (float(centroid.x), float(centroid.y)), instance,
+    )  # fmt: skip
+
+
+def _footprint(rng: np.random.Generator, cx: float, cy: float, w: float, h: float, angle: float) -> Polygon:
+    """A rectangle, or (one time in three) an L shape, centred on (cx, cy), rotated by ``angle`` (rad)."""
+    if rng.random() < 1 / 3:
+        cut_w, cut_h = w * rng.uniform(0.3, 0.6), h * rng.uniform(0.3, 0.6)
+        points = [(0, 0), (w, 0), (w, h - cut_h), (w - cut_w, h - cut_h), (w - cut_w, h), (0, h)]
+    else:
+        points = [(0, 0), (w, 0), (w, h), (0, h)]
+    cos, sin = math.cos(angle), math.sin(angle)
+    moved = [
+        ((x - w / 2) * cos - (y - h / 2) * sin + cx, (x - w / 2) * sin + (y - h / 2) * cos + cy) for x, y in points
+    ]
+    return Polygon(moved)
+
+
+def _building_sizes(instances: np.ndarray, gsd: float) -> list[float]:
+    """Side lengths (m) of existing buildings, from their pixel areas (square-equivalent)."""
+    ids, counts = np.unique(instances[instances > 0], return_counts=True)
+    return [math.sqrt(c) * gsd for c in counts]
+
+
+def _nearest_angle(instances: np.ndarray, cx: float, cy: float) -> float:
+    ids = [i for i in np.unique(instances) if i]
+    if not ids:
+        return 0.0
+    best, best_d = 0.0, math.inf
+    for i in ids[:200]:
+        ys, xs = np.nonzero(instances == i)
+        d = (xs.mean() - cx) ** 2 + (ys.mean() - cy) ** 2
+        if d < best_d:
+            points = np.column_stack([xs, ys]).astype(np.float32)
+            best, best_d = math.radians(cv2.minAreaRect(points)[2]), d
+    return best
+
+
+def simulate_change(
+    semantic: np.ndarray,
+    gsd: float,
+    config: ChangeConfig,
+    rng: np.random.Generator,
+    instances: np.ndarray | None = None,
+) -> ChangeResult:
+    """Apply seeded change events to a canonical semantic mask until ``config.change_fraction`` of its
+    valid pixels changed (or ``max_tries`` is spent)."""
+    if semantic.ndim != 2:
+        raise ChangeError(f"semantic: expected an (H, W) mask, got shape {semantic.shape}")
+    if not gsd > 0:
+        raise ChangeError(f"gsd={gsd!r}: expected a positive pixel size in metres")
+    if instances is not None and instances.shape != semantic.shape:
+        raise ChangeError(f"instances: shape {instances.shape} does not match the semantic mask {semantic.shape}")
+    valid = semantic != IGNORE
+    if not valid.any():
+        raise ChangeError("semantic: the layout is empty (every pixel is ignore); nothing can change")
+    before = semantic.copy()
+    sem = semantic.copy()
+    if instances is None:
+        count, labels = cv2.connectedComponents((sem == BUILDING).astype(np.uint8), connectivity=4)
+        inst = labels.astype(np.int32)
+    else:
+        inst = instances.astype(np.int32).copy()
+    changed = np.zeros(sem.shape, dtype=bool)
+    events: list[ChangeEvent] = []
+    names = list(config.events)
+    probs = np.array([config.events[n] for n in names], dtype=float)
+    probs /= probs.sum()
+    target = config.change_fraction * valid.sum()
+    height, width = sem.shape
+    sizes = _building_sizes(inst, gsd)
+    for _ in range(config.max_tries):
+        if changed.sum() >= target:
+            break
+        kind = names[int(rng.choice(len(names), p=probs))]
+        if kind == "add_building":
+            side = (lambda: float(rng.choice(sizes)) * rng.uniform(0.8, 1.25)) if len(sizes) >= 3 else (
+                lambda: rng.uniform(config.min_size_m, config.max_size_m))  # fmt: skip
+            w = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
+            h = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            poly = _footprint(rng, cx, cy, w, h, _nearest_angle(inst, cx, cy))
+            pixels = features.rasterize([(poly, 1)], out_shape=sem.shape, dtype=np.uint8).astype(bool)
+            if not pixels.any() or changed[pixels].any():
+                continue
+            if not config.allow_overlap and np.isin(sem[pixels], list(NOT_BUILDABLE)).any():
+                continue
+            pixels &= sem != BUILDING
+            new_id = int(inst.max()) + 1
+            for src in np.unique(sem[pixels]):  # one event per class replaced, so from->to is exact
+                part = pixels & (sem == src)
+                events.append(_event(kind, int(src), BUILDING, part, gsd, new_id))
+            sem[pixels], inst[pixels] = BUILDING, new_id
+        elif kind == "remove_building":
+            ids = [i for i in np.unique(inst[(inst > 0) & ~changed]) if i]
+            if not ids:
+                continue
+            victim = int(rng.choice(ids))
+            pixels = (inst == victim) & ~changed & (sem == BUILDING)
+            if not pixels.any():
+                continue
+            sem[pixels], inst[pixels] = BARE, 0
+            events.append(_event(kind, BUILDING, BARE, pixels, gsd, victim))
+        else:
+            options = [
+                (CANONICAL.class_by_name(a).id, CANONICAL.class_by_name(b).id) for a, b in config.transitions.items()
+            ]
+            options = [(a, b) for a, b in options if ((sem == a) & ~changed).any()]
+            if not options:
+                continue
+            src, dst = options[int(rng.integers(len(options)))]
+            count, regions = cv2.connectedComponents(((sem == src) & ~changed).astype(np.uint8), connectivity=4)
+            region = regions == int(rng.integers(1, count))
+            ys, xs = np.nonzero(region)
+            side = rng.uniform(config.min_size_m, config.max_size_m * 2) / gsd
+            cx, cy = float(xs[int(rng.integers(len(xs)))]), float(ys[int(rng.integers(len(ys)))])
+            box = shapely.box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+            pixels = features.rasterize([(box, 1)], out_shape=sem.shape, dtype=np.uint8).astype(bool) & region
+            if not pixels.any():
+                continue
+            sem[pixels] = dst
+            if dst == BUILDING:
+                inst[pixels] = int(inst.max()) + 1
+            elif src == BUILDING:
+                inst[pixels] = 0
+            events.append(_event(kind, src, dst, pixels, gsd, None))
+        changed |= pixels
+    change_mask = sem != before
+    return ChangeResult(sem, inst, events, change_mask)
+
+
+def rasterize_events(events: list[ChangeEvent], shape_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool union of the events' geometries (pixel coordinates)."""
+    geoms = [(e.geometry, 1) for e in events if not e.geometry.is_empty]
+    if not geoms:
+        return np.zeros(shape_hw, dtype=bool)
+    return features.rasterize(geoms, out_shape=shape_hw, dtype=np.uint8).astype(bool)
