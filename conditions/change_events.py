@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import shapely
 from rasterio import features
+from rasterio.transform import Affine
 from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
@@ -102,8 +103,15 @@ class ChangeResult:
 
 
 def _pixels_to_geometry(mask: np.ndarray) -> BaseGeometry:
-    polygons = [shape(g) for g, v in features.shapes(mask.astype(np.uint8), mask=mask) if v == 1]
-    return shapely.union_all(polygons) if polygons else Polygon()
+    """Polygons (pixel coordinates) of exactly the True pixels, traced in their bounding box only."""
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return Polygon()
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    crop = mask[r0:r1, c0:c1]
+    offset = Affine.translation(float(c0), float(r0))
+    polygons = [shape(g) for g, v in features.shapes(crop.astype(np.uint8), mask=crop, transform=offset) if v == 1]
+    return shapely.union_all(polygons)
 
 
 def _event(kind: str, src: int, dst: int, changed: np.ndarray, gsd: float, instance: int | None) -> ChangeEvent:
@@ -135,18 +143,30 @@ def _building_sizes(instances: np.ndarray, gsd: float) -> list[float]:
     return [math.sqrt(c) * gsd for c in counts]
 
 
-def _nearest_angle(instances: np.ndarray, cx: float, cy: float) -> float:
-    ids = [i for i in np.unique(instances) if i]
-    if not ids:
-        return 0.0
-    best, best_d = 0.0, math.inf
-    for i in ids[:200]:
-        ys, xs = np.nonzero(instances == i)
-        d = (xs.mean() - cx) ** 2 + (ys.mean() - cy) ** 2
-        if d < best_d:
-            points = np.column_stack([xs, ys]).astype(np.float32)
-            best, best_d = math.radians(cv2.minAreaRect(points)[2]), d
-    return best
+class _Orientations:
+    """Centroids and orientations of the buildings, computed once, for aligning new footprints."""
+
+    def __init__(self, instances: np.ndarray) -> None:
+        ys, xs = np.nonzero(instances)
+        ids = instances[ys, xs]
+        order = np.argsort(ids, kind="stable")
+        ids, xs, ys = ids[order], xs[order], ys[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], int)
+        self.centroids: list[tuple[float, float]] = []
+        self.angles: list[float] = []
+        for a, b in zip(starts, np.r_[starts[1:], len(ids)]):
+            points = np.column_stack([xs[a:b], ys[a:b]]).astype(np.float32)  # (n, 2)
+            self.add(float(points[:, 0].mean()), float(points[:, 1].mean()), math.radians(cv2.minAreaRect(points)[2]))
+
+    def add(self, cx: float, cy: float, angle: float) -> None:
+        self.centroids.append((cx, cy))
+        self.angles.append(angle)
+
+    def nearest(self, cx: float, cy: float) -> float:
+        if not self.centroids:
+            return 0.0
+        c = np.asarray(self.centroids)  # (N, 2)
+        return self.angles[int(np.argmin((c[:, 0] - cx) ** 2 + (c[:, 1] - cy) ** 2))]
 
 
 def simulate_change(
@@ -182,6 +202,7 @@ def simulate_change(
     target = config.change_fraction * valid.sum()
     height, width = sem.shape
     sizes = _building_sizes(inst, gsd)
+    orientations = _Orientations(inst)
     for _ in range(config.max_tries):
         if changed.sum() >= target:
             break
@@ -192,7 +213,8 @@ def simulate_change(
             w = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
             h = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-            poly = _footprint(rng, cx, cy, w, h, _nearest_angle(inst, cx, cy))
+            angle = orientations.nearest(cx, cy)
+            poly = _footprint(rng, cx, cy, w, h, angle)
             pixels = features.rasterize([(poly, 1)], out_shape=sem.shape, dtype=np.uint8).astype(bool)
             if not pixels.any() or changed[pixels].any():
                 continue
@@ -204,6 +226,7 @@ def simulate_change(
                 part = pixels & (sem == src)
                 events.append(_event(kind, int(src), BUILDING, part, gsd, new_id))
             sem[pixels], inst[pixels] = BUILDING, new_id
+            orientations.add(cx, cy, angle)
         elif kind == "remove_building":
             ids = [i for i in np.unique(inst[(inst > 0) & ~changed]) if i]
             if not ids:
