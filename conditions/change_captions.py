@@ -11,7 +11,8 @@ import numpy as np
 from conditions.change_events import ChangeEvent
 
 NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-VERBS = {"add_building": "built", "remove_building": "demolished"}
+VERBS = {"add_building": "built", "remove_building": "demolished", "expand_building": "extended",
+         "shrink_building": "partly demolished"}  # fmt: skip
 
 
 def number_word(n: int) -> str:
@@ -42,7 +43,7 @@ def change_captions(events: list[ChangeEvent], width: int, height: int, rng: np.
     if not events:
         return ["there is no change", "nothing has changed between the two images", "the scene is unchanged"]
     phrases = []
-    for kind in ("add_building", "remove_building"):
+    for kind in VERBS:
         items = _objects(events, kind)
         if not items:
             continue

@@ -8,6 +8,8 @@ seeded ``numpy.random.Generator`` and applies events until the target change fra
   ``min_size_m``/``max_size_m``), aligned with the nearest building, placed on buildable land
   (never over buildings, roads or water unless ``allow_overlap``);
 * ``remove_building`` — an existing building becomes bare ground (demolition);
+* ``expand_building`` / ``shrink_building`` — a building grows by 1–3 m onto buildable land, or
+  loses a 1–3 m rim to bare ground (extensions, partial demolition);
 * ``transition`` — part of a connected region of class A becomes class B (``transitions`` table,
   e.g. agriculture→building, low_vegetation→bare, tree→bare, water→bare).
 
@@ -34,7 +36,7 @@ from shapely.geometry.base import BaseGeometry
 
 from conditions.palettes import CANONICAL, IGNORE
 
-EVENT_TYPES = ("add_building", "remove_building", "transition")
+EVENT_TYPES = ("add_building", "remove_building", "expand_building", "shrink_building", "transition")
 BUILDING = CANONICAL.class_by_name("building").id
 BARE = CANONICAL.class_by_name("bare").id
 NOT_BUILDABLE = {BUILDING, CANONICAL.class_by_name("road").id, CANONICAL.class_by_name("water").id, IGNORE}
@@ -237,6 +239,29 @@ def simulate_change(
                 continue
             sem[pixels], inst[pixels] = BARE, 0
             events.append(_event(kind, BUILDING, BARE, pixels, gsd, victim))
+        elif kind in ("expand_building", "shrink_building"):
+            ids = [i for i in np.unique(inst[(inst > 0) & ~changed]) if i]
+            if not ids:
+                continue
+            target_id = int(rng.choice(ids))
+            body = inst == target_id
+            radius = max(1, round(rng.uniform(1.0, 3.0) / gsd))
+            kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
+            if kind == "expand_building":
+                grown = cv2.dilate(body.astype(np.uint8), kernel).astype(bool)
+                pixels = grown & ~body & ~changed & ~np.isin(sem, list(NOT_BUILDABLE))
+                if not pixels.any():
+                    continue
+                for src in np.unique(sem[pixels]):
+                    events.append(_event(kind, int(src), BUILDING, pixels & (sem == src), gsd, target_id))
+                sem[pixels], inst[pixels] = BUILDING, target_id
+            else:
+                core = cv2.erode(body.astype(np.uint8), kernel).astype(bool)
+                pixels = body & ~core & ~changed
+                if not core.any() or not pixels.any():  # too small to shrink: it would vanish
+                    continue
+                sem[pixels], inst[pixels] = BARE, 0
+                events.append(_event(kind, BUILDING, BARE, pixels, gsd, target_id))
         else:
             options = [
                 (CANONICAL.class_by_name(a).id, CANONICAL.class_by_name(b).id) for a, b in config.transitions.items()

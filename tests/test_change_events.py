@@ -82,3 +82,13 @@ def test_layout_errors(levir):
         simulate_change(np.full((8, 8), 255, np.uint8), 0.5, ChangeConfig(), np.random.default_rng(0))
     with pytest.raises(ChangeError, match=r"instances: shape \(4, 4\) does not match"):
         simulate_change(levir, 0.5, ChangeConfig(), np.random.default_rng(0), instances=np.zeros((4, 4), np.int32))
+
+
+def test_expand_and_shrink_buildings(levir):
+    config = ChangeConfig(change_fraction=0.03, events={"expand_building": 1, "shrink_building": 1})
+    result = simulate_change(levir, 0.5, config, np.random.default_rng(2))
+    kinds = {e.type for e in result.events}
+    assert kinds <= {"expand_building", "shrink_building"} and kinds
+    assert np.array_equal(rasterize_events(result.events, levir.shape), result.change_mask)
+    for e in result.events:
+        assert (e.class_to == "building") == (e.type == "expand_building") and e.instance_id
