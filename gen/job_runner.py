@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import yaml
 
+from conditions.hashing import sha256_file
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.palettes import CANONICAL
 from gen.job_spec import JobSpec
@@ -127,6 +128,25 @@ class TaskContext:
         self.pipe = load_task_pipeline(spec)
         self.rules = None
         self.bounds = None
+        self.change_job = None
+        if spec.task == "change_pairs":
+            from conditions.change_events import ChangeConfig
+            from gen.change_job import ChangePairJob
+
+            c = spec.change
+            config = ChangeConfig(change_fraction=float(c.get("change_fraction", 0.1)),
+                                  **({"events": c["events"]} if c.get("events") else {}))  # fmt: skip
+            self.change_job = ChangePairJob(
+                model=spec.model, out=Path("."), mode=c.get("mode", "full"),
+                layouts=Path(c["layouts"]) if c.get("layouts") else None,
+                images=Path(c["images"]) if c.get("images") else None,
+                masks=Path(c["masks"]) if c.get("masks") else None, palette=c.get("palette", "levir"),
+                change=config, no_change_fraction=float(c.get("no_change_fraction", 0.0)),
+                distractors=list(c.get("distractors", [])), gsd=float(c.get("gsd", 0.5)), prompt=spec.prompts[0],
+                seed=spec.seed, steps=spec.steps, guidance=spec.guidance, layout=c.get("layout", "levir"),
+            )  # fmt: skip
+            self.change_job.validate()
+            self.sources = self.change_job.sources()
         if spec.task == "layout":
             from gen.controlled_job import layout_bounds_lonlat, load_layout_rules
 
@@ -216,7 +236,30 @@ def _sr_job(spec: JobSpec, ctx: TaskContext, index: int, shard_dir: Path) -> Any
     )  # fmt: skip
 
 
+def sample_done(spec: JobSpec, shard_dir: Path, index: int) -> Path:
+    """The file whose presence marks sample ``index`` complete (written last)."""
+    if spec.task == "change_pairs":
+        return shard_dir / "changes" / f"{index:08d}.json"
+    return shard_dir / f"{index:08d}.json"
+
+
+def _change_manifest(shard_dir: Path, indices: range) -> str:
+    lines = []
+    for index in indices:
+        record = json.loads((shard_dir / "changes" / f"{index:08d}.json").read_text())
+        folders = ("A", "B", "label") if record["layout"] == "levir" else ("im1", "im2", "label1", "label2")
+        files = {f: f"shards/{shard_dir.name}/{f}/{index:08d}.png" for f in folders}
+        files["changes"] = f"shards/{shard_dir.name}/changes/{index:08d}.json"
+        entry = {"id": f"{index:08d}", "index": index, "shard": shard_dir.name, "files": files,
+                 "sha256": sha256_file(shard_dir / folders[1] / f"{index:08d}.png"),
+                 "provenance": record["provenance"], "captions": record["captions"]}  # fmt: skip
+        lines.append(json.dumps(entry, sort_keys=True))
+    return "\n".join(lines) + "\n"
+
+
 def _shard_manifest(shard_dir: Path, indices: range) -> str:
+    if (shard_dir / "changes").is_dir():
+        return _change_manifest(shard_dir, indices)
     lines = []
     for index in indices:
         sidecar = json.loads((shard_dir / f"{index:08d}.json").read_text())
@@ -251,7 +294,7 @@ def run_job(spec: JobSpec, out: str | os.PathLike) -> dict[str, Any]:
     mine = [k for k in range(spec.num_shards) if k % world == rank]
     todo = [k for k in mine if not (out / "shards" / f"{k:05d}.jsonl").exists()]
     missing_total = sum(
-        sum(not (out / "shards" / f"{k:05d}" / f"{i:08d}.json").exists() for i in spec.shard_indices(k)) for k in todo
+        sum(not sample_done(spec, out / "shards" / f"{k:05d}", i).exists() for i in spec.shard_indices(k)) for k in todo
     )
     logger.info("rank %d/%d: %d shard(s) to do, %d sample(s) missing", rank, world, len(todo), missing_total)
     bar = progress(total=missing_total, desc=f"{spec.task} job", unit="img")
@@ -265,8 +308,21 @@ def run_job(spec: JobSpec, out: str | os.PathLike) -> dict[str, Any]:
             pending: list[Future] = []
             for start in range(indices.start, indices.stop, spec.batch_size):
                 chunk = list(range(start, min(start + spec.batch_size, indices.stop)))
-                missing = {i for i in chunk if not (shard_dir / f"{i:08d}.json").exists()}
+                missing = {i for i in chunk if not sample_done(spec, shard_dir, i).exists()}
                 if not missing:
+                    continue
+                if spec.task == "change_pairs":  # each pair: simulation, two syntheses, its own writer
+                    from gen.change_job import make_pair
+                    from synth_datasets.change_writer import write_change_pair
+
+                    job = ctx.change_job
+                    for index in sorted(missing):
+                        pair = make_pair(job, ctx.pipe, index, ctx.sources[index % len(ctx.sources)])
+                        pair["record"]["provenance"]["spec_sha256"] = spec.digest()
+                        write_change_pair(shard_dir, f"{index:08d}", pair["A"], pair["B"], pair["sem_a"],
+                                          pair["sem_b"], pair["change"], pair["record"], layout=job.layout)  # fmt: skip
+                    bar.update(len(missing))
+                    written += len(missing)
                     continue
                 if spec.task == "sr":  # SR tiles, blends and writes each raster itself
                     for index in sorted(missing):

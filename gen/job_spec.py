@@ -39,7 +39,7 @@ from conditions.metadata import Metadata, MetadataError, parse_date
 from conditions.palettes import PALETTES
 from gen.seeding import sample_seed
 
-TASKS = ("txt2img", "generate", "layout", "sr")
+TASKS = ("txt2img", "generate", "layout", "sr", "change_pairs")
 FORMATS = ("png", "geotiff")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "range", "box")
 
@@ -100,6 +100,7 @@ class JobSpec:
     masks: dict[str, Any] | None
     layouts: dict[str, Any] | None
     lr: dict[str, Any] | None
+    change: dict[str, Any] | None
     writers: tuple[str, ...]
     cog: bool
     raw: dict[str, Any]
@@ -182,7 +183,7 @@ def _draw(dist: Any, rng: np.random.Generator) -> Any:
 # ---------------------------------------------------------------------- validation
 KNOWN_KEYS = {
     "task", "model", "num_samples", "seed", "batch_size", "shard_size", "steps", "guidance", "threads",
-    "prompts", "negative_prompt", "metadata", "format", "masks", "out", "writers", "layouts", "lr", "cog",
+    "prompts", "negative_prompt", "metadata", "format", "masks", "out", "writers", "layouts", "lr", "cog", "change",
 }  # fmt: skip
 WRITERS = ("hf", "webdataset", "coco", "stac", "captions")
 
@@ -299,6 +300,28 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
             fmt = "geotiff"  # SR always writes GeoTIFF
     elif lr is not None:
         raise _err("lr", f"only used by task sr, not {task}")
+    change = data.get("change")
+    if task == "change_pairs":
+        keys = {"mode", "layouts", "images", "masks", "palette", "events", "change_fraction", "no_change_fraction",
+                "distractors", "gsd", "layout"}  # fmt: skip
+        if not isinstance(change, dict):
+            raise _err("change", "task change_pairs needs change: {mode: full, layouts: DIR, palette: NAME, ...}")
+        unknown_change = sorted(set(change) - keys)
+        if unknown_change:
+            raise _err(f"change.{unknown_change[0]}", f"unknown key; use {sorted(keys)}")
+        mode = change.get("mode", "full")
+        needed = ["layouts"] if mode == "full" else ["images", "masks"]
+        for key in needed:
+            if not change.get(key) or not Path(change[key]).is_dir():
+                raise _err(f"change.{key}", f"mode {mode} needs a folder here, got {change.get(key)!r}")
+        fraction = change.get("change_fraction", 0.1)
+        if not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            raise _err("change.change_fraction", f"expected a fraction in (0, 1], got {fraction!r}")
+        for name, p in (change.get("events") or {}).items():
+            if not isinstance(p, int | float) or not 0 <= p <= 1:
+                raise _err(f"change.events.{name}", f"expected a probability in [0,1], got {p!r}")
+    elif change is not None:
+        raise _err("change", f"only used by task change_pairs, not {task}")
     masks = data.get("masks")
     if task == "generate":
         if not isinstance(masks, dict) or "dir" not in masks or "palette" not in masks:
@@ -323,6 +346,6 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
     return JobSpec(
         task=task, model=model, num_samples=num_samples, seed=seed, batch_size=batch_size, shard_size=shard_size,
         steps=steps, guidance=float(guidance), threads=threads, prompts=tuple(prompts), negative_prompt=negative,
-        metadata=metadata, format=fmt, masks=masks, layouts=layouts, lr=lr, writers=tuple(writers), cog=cog,
-        raw=resolved,
+        metadata=metadata, format=fmt, masks=masks, layouts=layouts, lr=lr, change=change,
+        writers=tuple(writers), cog=cog, raw=resolved,
     )  # fmt: skip

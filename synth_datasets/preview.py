@@ -13,6 +13,7 @@ import io
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
@@ -48,7 +49,18 @@ def _to_uint8_rgb(array: np.ndarray) -> np.ndarray:
 
 
 def sample_panels(sample) -> list[tuple[str, PIL.Image.Image]]:
-    """(title, thumbnail) panels of one sample: image, mask colours, overlay."""
+    """(title, thumbnail) panels of one sample: image, mask colours, overlay — or, for a change pair,
+    t1 and t2 side by side with the change mask outlined in red, and the mask."""
+    if sample.is_change_pair:
+        t1, t2, change = sample.pair()
+        edge = change & ~cv2.erode(change.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        outlined = []
+        for image in (_to_uint8_rgb(t1), _to_uint8_rgb(t2)):
+            image = image.copy()
+            image[edge] = (255, 0, 0)
+            outlined.append(image)
+        mask = np.repeat((change * 255).astype(np.uint8)[..., None], 3, axis=-1)
+        return [("t1", _thumb(outlined[0])), ("t2", _thumb(outlined[1])), ("change", _thumb(mask, nearest=True))]
     image = _to_uint8_rgb(sample.image(verify=False))
     panels = [("image", _thumb(image))]
     semantic = sample.label("semantic")

@@ -46,8 +46,14 @@ class DatasetSample:
     def path(self, role: str) -> Path:
         return self.root / self.files[role]
 
+    @property
+    def is_change_pair(self) -> bool:
+        return "B" in self.files or "im2" in self.files
+
     def image(self, *, verify: bool = True) -> np.ndarray:
-        path = self.path("image")
+        """The sample's image (for change pairs: the t2 image, whose sha256 the manifest records)."""
+        role = "image" if "image" in self.files else ("B" if "B" in self.files else "im2")
+        path = self.path(role)
         if verify and self.sha256 and sha256_file(path) != self.sha256:
             raise DatasetError(f"{path}: sha256 does not match the manifest; the file changed or is corrupt")
         return read_raster(path)
@@ -60,8 +66,23 @@ class DatasetSample:
             return []
         return json.loads(self.path("objects").read_text())
 
+    def pair(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(t1, t2, change mask) of a change pair."""
+        t1 = read_raster(self.path("A" if "A" in self.files else "im1"))
+        t2 = self.image(verify=False)
+        if "label" in self.files:
+            change = read_raster(self.path("label"))
+            change = (change if change.ndim == 2 else change[..., 0]) > 0
+        else:
+            label1 = read_raster(self.path("label1"))
+            change = (label1 != 255).any(axis=-1)  # SECOND: white = no change
+        return t1, t2, change
+
     @property
     def caption(self) -> str:
+        if self.is_change_pair:
+            captions = json.loads(self.path("changes").read_text()).get("captions") or [""]
+            return captions[0]
         return str(self.provenance.get("prompt") or "")
 
 

@@ -57,7 +57,7 @@ def manifest(folder: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"task": "draw"}, r"task: expected one of \('txt2img', 'generate', 'layout', 'sr'\), got 'draw'"),
+        ({"task": "draw"}, r"task: expected one of \('txt2img', .*'change_pairs'\), got 'draw'"),
         ({"colour": 1}, r"colour: unknown key"),
         ({"num_samples": 0}, r"num_samples: expected an integer >= 1, got 0"),
         ({"metadata": {"cloud": {"uniform": [0, 1.7]}}}, r"metadata\.cloud\.uniform: expected fractions in \[0, 1\]"),
@@ -231,3 +231,41 @@ def test_layout_and_sr_jobs_on_real_data(tmp_path):
         validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 0.5}})
     with pytest.raises(SpecError, match=r"layouts\.gsd: expected a positive GSD"):
         validate_spec({**layout, "layouts": {"files": ["a.geojson"], "gsd": 0}})
+
+
+def test_change_pairs_job_resumes_and_indexes(tmp_path):
+    import shutil
+
+    from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
+
+    ctrl = build_tiny_bundle(tmp_path / "ctrl", TinyControlledBundleConfig(image_size=64, controls=("mask",)))
+    for folder in ("A", "label"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(shared_file(f"change/levir_like/{folder}/test_2_0000_0000.png"), tmp_path / folder / "p.png")
+    spec = {"task": "change_pairs", "model": str(ctrl), "num_samples": 3, "shard_size": 2, "steps": 1,
+            "change": {"mode": "hybrid", "images": str(tmp_path / "A"), "masks": str(tmp_path / "label"),
+                       "palette": "levir", "change_fraction": 0.05}}  # fmt: skip
+    run_job(validate_spec(spec), tmp_path / "out")
+    entries = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [e["index"] for e in entries] == [0, 1, 2] and set(entries[0]["files"]) == {"A", "B", "label", "changes"}
+    from synth_datasets.change_writer import read_change_pair
+
+    pair = read_change_pair(tmp_path / "out" / "shards" / "00000", "00000001")
+    assert np.array_equal(pair["A"][~pair["change"]], pair["B"][~pair["change"]]) and pair["change"].any()
+    with pytest.raises(SpecError, match=r"change\.change_fraction: expected a fraction in \(0, 1\], got 1\.5"):
+        validate_spec({**spec, "change": {**spec["change"], "change_fraction": 1.5}})
+    with pytest.raises(SpecError, match=r"change\.events\.add_building: expected a probability in \[0,1\], got 1\.7"):
+        validate_spec({**spec, "change": {**spec["change"], "events": {"add_building": 1.7}}})
+
+
+def test_preview_of_a_change_pair_dataset(tmp_path):
+    from synth_datasets.preview import write_preview
+    from synth_datasets.reader import load_dataset
+
+    test_change_pairs_job_resumes_and_indexes(tmp_path)
+    ds = load_dataset(tmp_path / "out")
+    assert ds[0].is_change_pair and ds[0].caption
+    t1, t2, change = ds[1].pair()
+    assert t1.shape == t2.shape and change.shape == t1.shape[:2] and change.any()
+    page, sheet = write_preview(ds, tmp_path / "preview.html")
+    assert page.read_text().count('src="data:image/png;base64,') == 9 and sheet.is_file()
