@@ -117,6 +117,14 @@ def load_dataset(path: str | os.PathLike) -> RsgenDataset:
                 raise DatasetError(f"{manifest}: line {number} is not JSON ({err.msg})") from None
             samples.append(DatasetSample(entry["id"], root, entry["files"], entry.get("sha256"), entry["provenance"]))
         index = json.loads((root / "index.json").read_text()) if (root / "index.json").is_file() else {}
+    elif (root / "changes").is_dir():  # a change-pair folder written by `rsgen change-pairs`
+        for path in sorted((root / "changes").glob("*.json")):
+            record = json.loads(path.read_text())
+            folders = ("A", "B", "label") if record["layout"] == "levir" else ("im1", "im2", "label1", "label2")
+            files = {f: f"{f}/{path.stem}.png" for f in folders}
+            files["changes"] = f"changes/{path.name}"
+            samples.append(DatasetSample(path.stem, root, files, None, record["provenance"]))
+        index = {"num_samples": len(samples)}
     else:
         for sidecar in sorted(root.glob("*.json")):
             record = json.loads(sidecar.read_text())
@@ -128,7 +136,9 @@ def load_dataset(path: str | os.PathLike) -> RsgenDataset:
             samples.append(DatasetSample(sidecar.stem, root, files, record["sha256"], record))
         index = {"num_samples": len(samples)}
     if not samples:
-        raise DatasetError(f"dataset {str(root)!r}: no manifest.jsonl and no sample sidecars; is it an rsgen output?")
+        raise DatasetError(
+            f"dataset {str(root)!r}: no manifest.jsonl, changes/ or sample sidecars; is it an rsgen output?"
+        )
     for sample in samples:
         missing = [role for role, rel in sample.files.items() if not (root / rel).is_file()]
         if missing:

@@ -44,7 +44,7 @@ def test_reader_loads_and_verifies(layout_dataset, tmp_path):
     image.write_bytes(image.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(DatasetError, match=r"sha256 does not match the manifest"):
         load_dataset(copy)[0].image()
-    with pytest.raises(DatasetError, match=r"no manifest\.jsonl and no sample sidecars"):
+    with pytest.raises(DatasetError, match=r"no manifest\.jsonl, changes/ or sample sidecars"):
         load_dataset(tmp_path / "copy" / "..")
 
 
