@@ -35,6 +35,7 @@ from gen.seeding import sample_seed
 from gen.txt2img_job import resolve_device
 from pipelines.controlled import RSControlledPipeline
 from synth_datasets.change_writer import LAYOUTS, write_change_pair
+from synth_datasets.geotiff import GeoReference
 
 logger = logging.getLogger(__name__)
 
@@ -87,19 +88,20 @@ class ChangePairJob:
         return files
 
 
-def _read_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def _read_image(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, GeoReference | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             if src.count < 3 or src.dtypes[0] != "uint8":
                 raise ValueError(f"--images {str(path)!r}: expected 8-bit RGB, got {src.count} band(s) {src.dtypes[0]}")
             image = np.moveaxis(src.read([1, 2, 3]), 0, -1)  # (H, W, 3)
+            georef = GeoReference(src.crs, src.transform) if src.crs is not None else None
     if image.shape[:2] != shape:
         raise ValueError(
             f"--images {str(path)!r}: size {image.shape[0]}x{image.shape[1]} does not match its mask "
             f"{shape[0]}x{shape[1]}; pass the mask made for this image"
         )
-    return image
+    return image, georef
 
 
 def _control(semantic: np.ndarray) -> torch.Tensor:
@@ -111,6 +113,7 @@ def make_pair(job: ChangePairJob, pipe: RSControlledPipeline, index: int, source
     rng = np.random.default_rng(sample_seed(job.seed, index))
     mask = read_mask(source, job.palette)
     sem_a = mask.palette.to_canonical(mask.ids)
+    georef = GeoReference(mask.crs, mask.transform) if mask.crs is not None else None
     if rng.random() < job.no_change_fraction:
         result = ChangeResult(sem_a.copy(), np.zeros(sem_a.shape, np.int32), [], np.zeros(sem_a.shape, bool))
     else:
@@ -125,7 +128,8 @@ def make_pair(job: ChangePairJob, pipe: RSControlledPipeline, index: int, source
             images.append((out.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         image_a, image_b = images
     else:
-        image_a = _read_image(job.images / source.name, sem_a.shape)
+        image_a, image_georef = _read_image(job.images / source.name, sem_a.shape)
+        georef = image_georef or georef
         image_b = image_a.copy()
         if result.change_mask.any():
             region = torch.from_numpy(result.change_mask)[None, None].float()  # (1, 1, H, W)
@@ -166,7 +170,7 @@ def make_pair(job: ChangePairJob, pipe: RSControlledPipeline, index: int, source
         },  # fmt: skip
     }
     return {"A": image_a, "B": image_b, "sem_a": sem_a, "sem_b": result.semantic, "change": result.change_mask,
-            "record": record}  # fmt: skip
+            "record": record, "georef": georef}  # fmt: skip
 
 
 def run_change_pairs(job: ChangePairJob, pipe: RSControlledPipeline | None = None) -> list[Path]:
@@ -186,7 +190,8 @@ def run_change_pairs(job: ChangePairJob, pipe: RSControlledPipeline | None = Non
         for index in range(job.num_samples):
             pair = make_pair(job, pipe, index, sources[index % len(sources)])
             written.append(write_change_pair(out, f"{index:06d}", pair["A"], pair["B"], pair["sem_a"], pair["sem_b"],
-                                             pair["change"], pair["record"], layout=job.layout))  # fmt: skip
+                                             pair["change"], pair["record"], layout=job.layout,
+                                             georef=pair["georef"]))  # fmt: skip
             bar.update(1)
     return written
 

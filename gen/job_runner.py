@@ -248,10 +248,11 @@ def _change_manifest(shard_dir: Path, indices: range) -> str:
     for index in indices:
         record = json.loads((shard_dir / "changes" / f"{index:08d}.json").read_text())
         folders = ("A", "B", "label") if record["layout"] == "levir" else ("im1", "im2", "label1", "label2")
-        files = {f: f"shards/{shard_dir.name}/{f}/{index:08d}.png" for f in folders}
+        suffix = record.get("suffix", ".png")
+        files = {f: f"shards/{shard_dir.name}/{f}/{index:08d}{suffix}" for f in folders}
         files["changes"] = f"shards/{shard_dir.name}/changes/{index:08d}.json"
         entry = {"id": f"{index:08d}", "index": index, "shard": shard_dir.name, "files": files,
-                 "sha256": sha256_file(shard_dir / folders[1] / f"{index:08d}.png"),
+                 "sha256": sha256_file(shard_dir / folders[1] / f"{index:08d}{suffix}"),
                  "provenance": record["provenance"], "captions": record["captions"]}  # fmt: skip
         lines.append(json.dumps(entry, sort_keys=True))
     return "\n".join(lines) + "\n"
@@ -320,7 +321,8 @@ def run_job(spec: JobSpec, out: str | os.PathLike) -> dict[str, Any]:
                         pair = make_pair(job, ctx.pipe, index, ctx.sources[index % len(ctx.sources)])
                         pair["record"]["provenance"]["spec_sha256"] = spec.digest()
                         write_change_pair(shard_dir, f"{index:08d}", pair["A"], pair["B"], pair["sem_a"],
-                                          pair["sem_b"], pair["change"], pair["record"], layout=job.layout)  # fmt: skip
+                                          pair["sem_b"], pair["change"], pair["record"], layout=job.layout,
+                                          georef=pair["georef"])  # fmt: skip
                     bar.update(len(missing))
                     written += len(missing)
                     continue

@@ -21,6 +21,7 @@ import PIL.Image
 
 from conditions.palettes import CANONICAL, get_palette
 from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
+from synth_datasets.geotiff import GeoReference, write_geotiff
 
 LAYOUTS = ("levir", "second")
 # Canonical classes SECOND has no class for, mapped to its nearest one inside changed areas.
@@ -59,25 +60,39 @@ def write_change_pair(
     record: dict[str, Any],
     *,
     layout: str = "levir",
+    georef: GeoReference | None = None,
 ) -> Path:
-    """Write one pair; ``record`` (events, captions, qa, provenance) goes to ``changes/{name}.json``."""
+    """Write one pair; ``record`` (events, captions, qa, provenance) goes to ``changes/{name}.json``.
+    With ``georef`` (a georeferenced input) every image and label is a GeoTIFF on that grid."""
     if layout not in LAYOUTS:
         raise ValueError(f"--layout {layout!r}: expected one of {LAYOUTS}")
     if not (image_a.shape == image_b.shape and image_a.shape[:2] == change_mask.shape == semantic_a.shape):
         raise ValueError(f"pair {name}: images {image_a.shape}/{image_b.shape} and labels {change_mask.shape} differ")
     out = Path(out)
+    suffix = ".tif" if georef is not None else ".png"
+
+    def save(folder: str, array: np.ndarray) -> None:
+        if georef is not None:
+            write_geotiff(out / folder / f"{name}{suffix}", array, georef)
+        else:
+            _png(out / folder / f"{name}{suffix}", array)
+
     if layout == "levir":
-        _png(out / "A" / f"{name}.png", image_a)
-        _png(out / "B" / f"{name}.png", image_b)
-        _png(out / "label" / f"{name}.png", change_mask.astype(np.uint8) * 255)
+        save("A", image_a)
+        save("B", image_b)
+        save("label", change_mask.astype(np.uint8) * 255)
     else:
         second = get_palette("second")
-        _png(out / "im1" / f"{name}.png", image_a)
-        _png(out / "im2" / f"{name}.png", image_b)
-        _png(out / "label1" / f"{name}.png", second.colorize(to_second_ids(semantic_a, change_mask)))
-        _png(out / "label2" / f"{name}.png", second.colorize(to_second_ids(semantic_b, change_mask)))
+        save("im1", image_a)
+        save("im2", image_b)
+        save("label1", second.colorize(to_second_ids(semantic_a, change_mask)))
+        save("label2", second.colorize(to_second_ids(semantic_b, change_mask)))
     path = out / "changes" / f"{name}.json"
-    atomic_write_text(path, json.dumps({"name": name, "layout": layout, **record}, indent=1, default=str) + "\n")
+    info = {"name": name, "layout": layout, "suffix": suffix, **record}
+    if georef is not None:
+        info["crs"] = georef.crs.to_string() if georef.crs else None
+        info["transform"] = list(georef.transform)[:6]
+    atomic_write_text(path, json.dumps(info, indent=1, default=str) + "\n")
     return path
 
 
@@ -86,8 +101,14 @@ def read_change_pair(root: str | os.PathLike, name: str) -> dict[str, Any]:
     root = Path(root)
     info = json.loads((root / "changes" / f"{name}.json").read_text())
 
+    suffix = info.get("suffix", ".png")
+
     def load(folder: str) -> np.ndarray:
-        return np.asarray(PIL.Image.open(root / folder / f"{name}.png"))
+        import rasterio
+
+        with rasterio.open(root / folder / f"{name}{suffix}") as src:
+            data = src.read()  # (bands, H, W)
+        return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
 
     if info["layout"] == "levir":
         return {"A": load("A"), "B": load("B"), "change": load("label") > 0, **info}

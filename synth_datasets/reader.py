@@ -121,7 +121,7 @@ def load_dataset(path: str | os.PathLike) -> RsgenDataset:
         for path in sorted((root / "changes").glob("*.json")):
             record = json.loads(path.read_text())
             folders = ("A", "B", "label") if record["layout"] == "levir" else ("im1", "im2", "label1", "label2")
-            files = {f: f"{f}/{path.stem}.png" for f in folders}
+            files = {f: f"{f}/{path.stem}{record.get('suffix', '.png')}" for f in folders}
             files["changes"] = f"changes/{path.name}"
             samples.append(DatasetSample(path.stem, root, files, None, record["provenance"]))
         index = {"num_samples": len(samples)}

@@ -136,3 +136,32 @@ def test_change_pair_errors(ctrl, levir_pairs, tmp_path, caplog):
     assert main([*base, "--layouts", str(empty), "--palette", "loveda"]) == 2
     assert "every pixel is no-data/ignore" in caplog.text
     assert not rasterize_events([], (4, 4)).any()
+
+
+def test_georeferenced_inputs_give_geotiff_pairs(ctrl, tmp_path):
+    from rasterio.windows import Window
+
+    from tests.test_sr import crop
+
+    model, pipe = ctrl
+    (tmp_path / "A").mkdir()
+    (tmp_path / "M").mkdir()
+    image = crop(shared_file("geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif"), tmp_path / "A" / "t.tif",
+                 Window(300, 300, 64, 64), nodata=None)  # fmt: skip
+    with rasterio.open(image) as src:
+        profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8", "crs": src.crs,
+                   "transform": src.transform}  # fmt: skip
+        crs, transform = src.crs, src.transform
+    buildings = np.zeros((1, 64, 64), np.uint8)
+    buildings[0, 8:20, 8:24] = 255
+    buildings[0, 40:56, 30:44] = 255
+    with rasterio.open(tmp_path / "M" / "t.tif", "w", **profile) as dst:
+        dst.write(buildings)
+    job = ChangePairJob(model=str(model), out=tmp_path / "out", mode="hybrid", images=tmp_path / "A",
+                        masks=tmp_path / "M", change=ChangeConfig(change_fraction=0.05), steps=1, gsd=5.0)  # fmt: skip
+    run_change_pairs(job, pipe)
+    for folder in ("A", "B", "label"):
+        with rasterio.open(tmp_path / "out" / folder / "000000.tif") as src:
+            assert src.crs == crs and src.transform == transform
+    pair = read_change_pair(tmp_path / "out", "000000")
+    assert pair["crs"] == crs.to_string() and np.array_equal(pair["A"][~pair["change"]], pair["B"][~pair["change"]])
