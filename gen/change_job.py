@@ -12,15 +12,12 @@ Sample ``i`` draws everything from ``sample_seed(seed, i)``.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning
 
 from conditions.change_captions import change_captions, change_qa
 from conditions.change_events import ChangeConfig, ChangeError, ChangeResult, simulate_change
@@ -29,6 +26,7 @@ from conditions.hashing import sha256_file
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
+from gen.controlled_job import read_uint8_rgb
 from gen.progress import progress
 from gen.provenance import sample_record
 from gen.seeding import sample_seed
@@ -89,13 +87,7 @@ class ChangePairJob:
 
 
 def _read_image(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, GeoReference | None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            if src.count < 3 or src.dtypes[0] != "uint8":
-                raise ValueError(f"--images {str(path)!r}: expected 8-bit RGB, got {src.count} band(s) {src.dtypes[0]}")
-            image = np.moveaxis(src.read([1, 2, 3]), 0, -1)  # (H, W, 3)
-            georef = GeoReference(src.crs, src.transform) if src.crs is not None else None
+    image, georef = read_uint8_rgb(path, argument="--images")
     if image.shape[:2] != shape:
         raise ValueError(
             f"--images {str(path)!r}: size {image.shape[0]}x{image.shape[1]} does not match its mask "

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from conditions.metadata import Metadata, MetadataError, parse_date
+from conditions.metadata import Metadata, parse_date
 from gen import __version__
 
 logger = logging.getLogger("rsgen")
@@ -575,19 +575,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "model" and args.model_command is None:
         parser.parse_args(["model", "--help"])
-    from conditions.masks import MaskError
-    from conditions.palettes import PaletteError
-    from conditions.raster_input import RasterInputError
-    from conditions.vectors import VectorError
     from gen.job_runner import JobLockError
-    from pipelines.bundle import BundleError
 
     try:
         return handlers[args.command](args)
-    except (
-        BundleError, MetadataError, RasterInputError, MaskError, PaletteError, VectorError, JobLockError,
-        ValueError, FileExistsError, FileNotFoundError,
-    ) as err:  # fmt: skip
+    except (ValueError, JobLockError, FileExistsError, FileNotFoundError) as err:  # domain errors subclass ValueError
         logger.error("%s", err)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from shapely.ops import unary_union
 
 from conditions.hashing import sha256_file
-from conditions.masks import encode_color, read_mask
+from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
 from conditions.vectors import LayerRule, LayoutLabels, TargetGrid, VectorError, attribute_classifier, read_vector
@@ -143,9 +143,7 @@ def _with_centre(metadata: Metadata, grid: TargetGrid) -> Metadata:
     lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(
         (left + right) / 2, (bottom + top) / 2
     )
-    values = metadata.to_dict()
-    values.update(lat=lat, lon=lon)
-    return Metadata.from_dict(values)
+    return replace(metadata, lat=lat, lon=lon)
 
 
 def load_layout_rules(specs: list[str], polygon_classes: dict[str, str] | None = None) -> list[LayerRule]:
@@ -235,8 +233,6 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
         semantic = None
     controls: dict[str, torch.Tensor] = {}
     if semantic is not None:
-        from conditions.masks import SemanticMask
-
         controls["mask"] = encode_color(SemanticMask(semantic, CANONICAL))[None]  # (1, 3, H, W)
     target = semantic.shape if semantic is not None else None
     for spec in job.controls:
@@ -412,13 +408,14 @@ class InpaintJob:
     overwrite: bool = False
 
 
-def _read_uint8_rgb(path: Path) -> tuple[np.ndarray, GeoReference | None]:
+def read_uint8_rgb(path: Path, *, argument: str = "--image") -> tuple[np.ndarray, GeoReference | None]:
+    """(H, W, 3) uint8 pixels, unscaled (inpainting must return them bit for bit), and the georeference."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             if src.count < 3 or src.dtypes[0] != "uint8":
                 raise ValueError(
-                    f"--image {str(path)!r}: expected an 8-bit RGB image, got {src.count} band(s) {src.dtypes[0]}"
+                    f"{argument} {str(path)!r}: expected an 8-bit RGB image, got {src.count} band(s) {src.dtypes[0]}"
                 )
             data = np.moveaxis(src.read([1, 2, 3]), 0, -1)  # (H, W, 3)
             georef = GeoReference(src.crs, src.transform) if src.crs is not None else None
@@ -430,7 +427,7 @@ def run_inpaint(job: InpaintJob, pipe: RSControlledPipeline | None = None) -> li
 
     out = Path(job.out)
     _check_out(out, job.overwrite)
-    image, georef = _read_uint8_rgb(Path(job.image))
+    image, georef = read_uint8_rgb(Path(job.image))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(job.region) as src:

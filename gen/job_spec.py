@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -116,6 +117,7 @@ class JobSpec:
         """sha256 of the resolved spec (what a resume must match)."""
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
 
+    @functools.cached_property
     def mask_files(self) -> list[Path]:
         folder = Path(self.masks["dir"])
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
@@ -146,13 +148,14 @@ class JobSpec:
             values["lon"], values["lat"] = location
         out = {"prompt": prompt, "metadata": Metadata(**values)}
         if self.masks is not None:
-            files = self.mask_files()
+            files = self.mask_files
             out["mask"] = files[index % len(files)]
         if self.lr is not None:
-            files = self.lr_files()
+            files = self.lr_files
             out["lr"] = files[index % len(files)]
         return out
 
+    @functools.cached_property
     def lr_files(self) -> list[Path]:
         files = [Path(f) for f in self.lr["files"]]
         missing = [str(f) for f in files if not f.is_file()]

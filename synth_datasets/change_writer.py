@@ -22,6 +22,7 @@ import PIL.Image
 from conditions.palettes import CANONICAL, get_palette
 from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
 from synth_datasets.geotiff import GeoReference, write_geotiff
+from synth_datasets.reader import read_raster
 
 LAYOUTS = ("levir", "second")
 # Canonical classes SECOND has no class for, mapped to its nearest one inside changed areas.
@@ -104,11 +105,7 @@ def read_change_pair(root: str | os.PathLike, name: str) -> dict[str, Any]:
     suffix = info.get("suffix", ".png")
 
     def load(folder: str) -> np.ndarray:
-        import rasterio
-
-        with rasterio.open(root / folder / f"{name}{suffix}") as src:
-            data = src.read()  # (bands, H, W)
-        return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+        return read_raster(root / folder / f"{name}{suffix}")
 
     if info["layout"] == "levir":
         return {"A": load("A"), "B": load("B"), "change": load("label") > 0, **info}

@@ -80,8 +80,7 @@ def scene_latents(
     if pipe.is_inpainting_model:
         raise ValueError("large scenes need a generation model; this bundle's UNet is an inpainting UNet")
     # Validate the call on one tile-sized crop, with the pipeline's own checks.
-    crop = {k: (v[..., :tile, :tile].float() / 255 if v.dtype == torch.uint8 else v[..., :tile, :tile])
-            for k, v in controls.items()}  # fmt: skip
+    crop = {k: v[..., :tile, :tile] for k, v in controls.items()}  # check_inputs looks at shapes only
     pipe.check_inputs(prompt, crop, control_scales, control_guidance, metadata, None, None, 0,
                       num_inference_steps, guidance_scale, "latent", generator)  # fmt: skip
     device = pipe._execution_device
