@@ -31,6 +31,17 @@ CARD_FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt", ".pkl", ".pickle")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+# The built-in default model, trained by `rsgen train` (examples/train/default_*.yaml) and shipped in
+# the package: one controlled bundle (text + metadata + mask ControlNet; text-to-image and inpainting
+# use its UNet) and one reference-guided SR bundle. `--model default` (or no --model) selects it.
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_ROOT = Path(__file__).parent / "default_model"
+DEFAULT_BUNDLES = {
+    "RSText2ImagePipeline": "controlled",
+    "RSControlledPipeline": "controlled",
+    "RSSuperResolutionPipeline": "sr",
+}
+
 
 class BundleError(ValueError):
     """A model bundle is missing, malformed, unsafe or inconsistent."""
@@ -105,8 +116,30 @@ class ModelCard:
         return data
 
 
-def resolve_bundle(model: str | os.PathLike, *, allow_pickle: bool = False) -> Path:
-    """A local bundle folder for ``model``: the folder itself, or a hub snapshot (needs network)."""
+def default_bundle(pipeline: str) -> Path:
+    """The shipped default bundle folder for a pipeline class name."""
+    if pipeline not in DEFAULT_BUNDLES:
+        raise BundleError(f"rsgen has no built-in default model for {pipeline}; pass --model")
+    folder = DEFAULT_MODEL_ROOT / DEFAULT_BUNDLES[pipeline]
+    if not (folder / MODEL_CARD_FILE).is_file():
+        raise BundleError(
+            f"the built-in default model is missing from this install ({folder} has no {MODEL_CARD_FILE}); "
+            "reinstall rsgen from a full checkout, or pass --model DIR"
+        )
+    return folder
+
+
+def is_default(model: str | os.PathLike | None) -> bool:
+    return model is None or str(model) == DEFAULT_MODEL
+
+
+def resolve_bundle(
+    model: str | os.PathLike | None, *, allow_pickle: bool = False, pipeline: str = "RSControlledPipeline"
+) -> Path:
+    """A local bundle folder for ``model``: the folder itself, a hub snapshot (needs network), or for
+    ``None`` / ``"default"`` the built-in default bundle for ``pipeline``."""
+    if is_default(model):
+        return default_bundle(pipeline)
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -179,16 +212,17 @@ PipelineT = TypeVar("PipelineT")
 
 def load_bundle(
     pipeline_cls: type[PipelineT],
-    model: str | os.PathLike,
+    model: str | os.PathLike | None,
     *,
     allow_pickle: bool = False,
     torch_dtype: Any = None,
 ) -> PipelineT:
-    """Load ``pipeline_cls`` from a bundle through diffusers' ``from_pretrained``.
+    """Load ``pipeline_cls`` from a bundle through diffusers' ``from_pretrained``; ``None`` or
+    ``"default"`` loads the built-in default model.
 
     The returned pipeline carries ``model_card``, ``model_source`` and ``weights_sha256``.
     """
-    folder = resolve_bundle(model, allow_pickle=allow_pickle)
+    folder = resolve_bundle(model, allow_pickle=allow_pickle, pipeline=pipeline_cls.__name__)
     card = ModelCard.read(folder)
     if not (folder / "model_index.json").is_file():
         raise BundleError(f"{folder}: model_index.json not found; a bundle is a diffusers-layout folder")
@@ -205,7 +239,7 @@ def load_bundle(
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise BundleError(f"{folder}: diffusers could not load the bundle: {err}") from err
     pipe.model_card = card
-    pipe.model_source = str(model)
+    pipe.model_source = DEFAULT_MODEL if is_default(model) else str(model)
     pipe.weights_sha256 = weights_sha256(folder, files)
     logger.info("loaded %s from %s (weights sha256 %s…)", type(pipe).__name__, folder, pipe.weights_sha256[:12])
     return pipe

@@ -33,7 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from conditions.metadata import Metadata
 from conditions.metadata_encoder import MetadataEncoder
-from pipelines.bundle import load_bundle
+from pipelines.bundle import ModelCard, load_bundle, resolve_bundle
 from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,23 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     def from_bundle(
         cls, model: str | os.PathLike, *, allow_pickle: bool = False, torch_dtype: torch.dtype | None = None
     ) -> RSText2ImagePipeline:
-        """Load from an rsgen bundle folder or hub id (safetensors only unless ``allow_pickle``)."""
+        """Load from an rsgen bundle folder or hub id (safetensors only unless ``allow_pickle``). A controlled
+        bundle (``RSControlledPipeline``, e.g. the built-in default) also works: its UNet, text and metadata
+        encoders and VAE are used without the ControlNets."""
+        folder = resolve_bundle(model, allow_pickle=allow_pickle, pipeline=cls.__name__)
+        if ModelCard.read(folder).pipeline == "RSControlledPipeline":
+            from pipelines.controlled.pipeline_rs_controlled import RSControlledPipeline
+
+            controlled = RSControlledPipeline.from_bundle(model, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
+            if controlled.is_inpainting_model:
+                raise ValueError(f"model={model}: an inpainting bundle cannot generate text-to-image; pass another")
+            pipe = cls(
+                vae=controlled.vae, text_encoder=controlled.text_encoder, tokenizer=controlled.tokenizer,
+                unet=controlled.unet, scheduler=controlled.scheduler, metadata_encoder=controlled.metadata_encoder,
+            )  # fmt: skip
+            for attr in ("model_card", "model_source", "weights_sha256"):
+                setattr(pipe, attr, getattr(controlled, attr))
+            return pipe
         pipe = load_bundle(cls, model, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
         card_schema = pipe.model_card.metadata
         encoder_schema = pipe.metadata_encoder.schema() if pipe.metadata_encoder is not None else None
