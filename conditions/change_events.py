@@ -5,22 +5,29 @@ change label.
 seeded ``numpy.random.Generator`` and applies events until the target change fraction is reached:
 
 * ``add_building`` — a rectangular or L-shaped footprint, sized like the existing buildings (or by
-  ``min_size_m``/``max_size_m``), aligned with the nearest building, placed on buildable land
-  (never over buildings, roads or water unless ``allow_overlap``);
+  ``min_size_m``/``max_size_m``, scaled down to fit small layouts), aligned with the nearest
+  building or road (parallel to the road, ``road_setback_m`` off it: see
+  ``conditions.building_placement``), placed on buildable land (never over buildings, roads or water
+  unless ``allow_overlap``);
 * ``remove_building`` — an existing building becomes bare ground (demolition);
 * ``expand_building`` / ``shrink_building`` — a building grows by 1–3 m onto buildable land, or
   loses a 1–3 m rim to bare ground (extensions, partial demolition);
 * ``transition`` — part of a connected region of class A becomes class B (``transitions`` table,
   e.g. agriculture→building, low_vegetation→bare, tree→bare, water→bare).
 
+Layouts smaller than 2.5 × ``max_size_m`` (small crops, fine GSDs such as Potsdam's 5 cm) scale new
+footprint and transition sizes down so that they fit: at most 0.4 of the layout's shorter side.
+
 Each event records its type, classes from→to, its geometry (pixel coordinates, the polygons of
-exactly the pixels it changed), area in m² and centroid. The binary change mask is exactly the
+exactly the pixels it changed), area in m², centroid, the building instance it concerns and, for
+``add_building``, what the footprint was aligned with. The binary change mask is exactly the
 union of the events' rasterised geometries; label1/label2 agree with the events' from→to classes.
 Applying ``simulate_change`` to its own output chains dates into a time series.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +41,10 @@ from rasterio.transform import Affine
 from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from conditions.building_placement import ROAD, Orientations, Roads, align_footprint, footprint, keeps_setback
 from conditions.palettes import CANONICAL, IGNORE
+
+logger = logging.getLogger(__name__)
 
 EVENT_TYPES = ("add_building", "remove_building", "expand_building", "shrink_building", "transition")
 BUILDING = CANONICAL.class_by_name("building").id
@@ -58,6 +68,7 @@ class ChangeConfig:
     max_size_m: float = 40.0
     transitions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TRANSITIONS))
     allow_overlap: bool = False
+    road_setback_m: float = 2.0  # new buildings keep this gap to road pixels (unless allow_overlap)
     max_tries: int = 500
 
     def __post_init__(self) -> None:
@@ -70,6 +81,8 @@ class ChangeConfig:
             raise ChangeError(f"events={dict(self.events)}: expected probabilities >= 0 with a positive sum")
         if not 0 < self.min_size_m <= self.max_size_m:
             raise ChangeError(f"min_size_m={self.min_size_m}, max_size_m={self.max_size_m}: expected 0 < min <= max")
+        if not self.road_setback_m >= 0:
+            raise ChangeError(f"road_setback_m={self.road_setback_m}: expected a distance >= 0 metres (0 = none)")
         for src, dst in self.transitions.items():
             if src == dst:
                 raise ChangeError(f"transitions: {src!r} -> {dst!r} changes nothing; map to another class")
@@ -89,11 +102,15 @@ class ChangeEvent:
     area_m2: float
     centroid: tuple[float, float]  # pixel (x, y)
     instance_id: int | None = None
+    aligned_with: str | None = None  # add_building: 'road', 'building' or None (nothing near)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "from": self.class_from, "to": self.class_to,
-                "geometry": shapely.geometry.mapping(self.geometry), "area_m2": self.area_m2,
-                "centroid": list(self.centroid), "instance_id": self.instance_id}  # fmt: skip
+        out = {"type": self.type, "from": self.class_from, "to": self.class_to,
+               "geometry": shapely.geometry.mapping(self.geometry), "area_m2": self.area_m2,
+               "centroid": list(self.centroid), "instance_id": self.instance_id}  # fmt: skip
+        if self.type == "add_building":
+            out["aligned_with"] = self.aligned_with
+        return out
 
 
 @dataclass
@@ -125,50 +142,10 @@ def _event(kind: str, src: int, dst: int, changed: np.ndarray, gsd: float, insta
     )  # fmt: skip
 
 
-def _footprint(rng: np.random.Generator, cx: float, cy: float, w: float, h: float, angle: float) -> Polygon:
-    """A rectangle, or (one time in three) an L shape, centred on (cx, cy), rotated by ``angle`` (rad)."""
-    if rng.random() < 1 / 3:
-        cut_w, cut_h = w * rng.uniform(0.3, 0.6), h * rng.uniform(0.3, 0.6)
-        points = [(0, 0), (w, 0), (w, h - cut_h), (w - cut_w, h - cut_h), (w - cut_w, h), (0, h)]
-    else:
-        points = [(0, 0), (w, 0), (w, h), (0, h)]
-    cos, sin = math.cos(angle), math.sin(angle)
-    moved = [
-        ((x - w / 2) * cos - (y - h / 2) * sin + cx, (x - w / 2) * sin + (y - h / 2) * cos + cy) for x, y in points
-    ]
-    return Polygon(moved)
-
-
 def _building_sizes(instances: np.ndarray, gsd: float) -> list[float]:
     """Side lengths (m) of existing buildings, from their pixel areas (square-equivalent)."""
     ids, counts = np.unique(instances[instances > 0], return_counts=True)
     return [math.sqrt(c) * gsd for c in counts]
-
-
-class _Orientations:
-    """Centroids and orientations of the buildings, computed once, for aligning new footprints."""
-
-    def __init__(self, instances: np.ndarray) -> None:
-        ys, xs = np.nonzero(instances)
-        ids = instances[ys, xs]
-        order = np.argsort(ids, kind="stable")
-        ids, xs, ys = ids[order], xs[order], ys[order]
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], int)
-        self.centroids: list[tuple[float, float]] = []
-        self.angles: list[float] = []
-        for a, b in zip(starts, np.r_[starts[1:], len(ids)]):
-            points = np.column_stack([xs[a:b], ys[a:b]]).astype(np.float32)  # (n, 2)
-            self.add(float(points[:, 0].mean()), float(points[:, 1].mean()), math.radians(cv2.minAreaRect(points)[2]))
-
-    def add(self, cx: float, cy: float, angle: float) -> None:
-        self.centroids.append((cx, cy))
-        self.angles.append(angle)
-
-    def nearest(self, cx: float, cy: float) -> float:
-        if not self.centroids:
-            return 0.0
-        c = np.asarray(self.centroids)  # (N, 2)
-        return self.angles[int(np.argmin((c[:, 0] - cx) ** 2 + (c[:, 1] - cy) ** 2))]
 
 
 def simulate_change(
@@ -204,7 +181,14 @@ def simulate_change(
     target = config.change_fraction * valid.sum()
     height, width = sem.shape
     sizes = _building_sizes(inst, gsd)
-    orientations = _Orientations(inst)
+    orientations = Orientations(inst)
+    roads = Roads(sem, gsd)
+    setback_px = 0.0 if config.allow_overlap else config.road_setback_m / gsd
+    # Footprints at most 0.4 of the layout's shorter side: small or fine-GSD layouts scale building and transition
+    # sizes down.
+    size_scale = min(1.0, 0.4 * min(height, width) * gsd / config.max_size_m)
+    if size_scale < 1:
+        logger.debug("layout %dx%d at %s m: footprint/transition sizes scaled by %.3f", height, width, gsd, size_scale)
     for _ in range(config.max_tries):
         if changed.sum() >= target:
             break
@@ -214,21 +198,26 @@ def simulate_change(
                 lambda: rng.uniform(config.min_size_m, config.max_size_m))  # fmt: skip
             w = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
             h = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
+            if size_scale < 1:
+                w, h = w * size_scale, h * size_scale
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-            angle = orientations.nearest(cx, cy)
-            poly = _footprint(rng, cx, cy, w, h, angle)
+            place = align_footprint(cx, cy, h, orientations, roads, setback_px)
+            poly = footprint(rng, place.cx, place.cy, w, h, place.angle)
             pixels = features.rasterize([(poly, 1)], out_shape=sem.shape, dtype=np.uint8).astype(bool)
             if not pixels.any() or changed[pixels].any():
                 continue
-            if not config.allow_overlap and np.isin(sem[pixels], list(NOT_BUILDABLE)).any():
+            if not config.allow_overlap and (
+                np.isin(sem[pixels], list(NOT_BUILDABLE)).any() or not keeps_setback(pixels, roads, setback_px)
+            ):
                 continue
             pixels &= sem != BUILDING
             new_id = int(inst.max()) + 1
             for src in np.unique(sem[pixels]):  # one event per class replaced, so from->to is exact
                 part = pixels & (sem == src)
                 events.append(_event(kind, int(src), BUILDING, part, gsd, new_id))
+                events[-1].aligned_with = place.reference
             sem[pixels], inst[pixels] = BUILDING, new_id
-            orientations.add(cx, cy, angle)
+            orientations.add(place.cx, place.cy, place.angle, float(pixels.sum()))
         elif kind == "remove_building":
             ids = [i for i in np.unique(inst[(inst > 0) & ~changed]) if i]
             if not ids:
@@ -273,7 +262,7 @@ def simulate_change(
             count, regions = cv2.connectedComponents(((sem == src) & ~changed).astype(np.uint8), connectivity=4)
             region = regions == int(rng.integers(1, count))
             ys, xs = np.nonzero(region)
-            side = rng.uniform(config.min_size_m, config.max_size_m * 2) / gsd
+            side = rng.uniform(config.min_size_m, config.max_size_m * 2) / gsd * size_scale
             cx, cy = float(xs[int(rng.integers(len(xs)))]), float(ys[int(rng.integers(len(ys)))])
             box = shapely.box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
             pixels = features.rasterize([(box, 1)], out_shape=sem.shape, dtype=np.uint8).astype(bool) & region
@@ -286,6 +275,8 @@ def simulate_change(
                 inst[pixels] = 0
             events.append(_event(kind, src, dst, pixels, gsd, None))
         changed |= pixels
+        if (roads.present and (before[pixels] == ROAD).any()) or (sem[pixels] == ROAD).any():
+            roads.update(sem)  # a road appeared or was built over: distances and directions change
     change_mask = sem != before
     return ChangeResult(sem, inst, events, change_mask)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conditions.metadata import Metadata, parse_date
 from gen import __version__
+from pipelines.bundle import DEFAULT_MODEL
 
 logger = logging.getLogger("rsgen")
 
@@ -21,11 +22,6 @@ examples:
       --gsd 0.5 --lat 52.37 --lon 4.89 --date 2021-06-01 --cloud 0.1 --sensor aerial \\
       -n 8 --batch-size 4 --seed 0 --out out/ --format geotiff
 """
-
-NO_DEFAULT_MODEL = (
-    "--model is required: rsgen does not ship a built-in default model yet. Pass a bundle folder or hub id, "
-    "or make a smoke-test bundle with `rsgen model init-tiny DIR` (its images are noise)"
-)
 
 
 def _add_metadata_args(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_TXT2IMG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t2i.add_argument("--model", help="model bundle folder or hub id")
+    t2i.add_argument("--model", help="model bundle folder or hub id (default: the built-in model)")
     t2i.add_argument("--prompt", required=True, help="text prompt")
     t2i.add_argument("--negative-prompt", help="negative prompt (the unconditional branch of guidance)")
     _add_metadata_args(t2i)
@@ -96,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ref-strength 0.6 --scale 4 --out hr.tif --tile 256 --overlap 32",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sr.add_argument("--model", help="SR bundle folder or hub id (`rsgen model init-tiny DIR --sr` for a smoke test)")
+    sr.add_argument("--model", help="SR bundle folder or hub id (default: the built-in model)")
     sr.add_argument("--lr", required=True, type=Path, help="low-resolution raster (GeoTIFF or any GDAL raster)")
     sr.add_argument("--bands", help="1-based LR bands feeding the model, e.g. 4,3,2 (default: the first N)")
     sr.add_argument("--scale", required=True, type=float, help="scale factor >= 1 (2, 4, 6, 8, 10, ...)")
@@ -133,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-scale canny=0.5 --control-guidance canny=0:0.6 --out out/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    gen.add_argument("--model", help="controlled bundle folder or hub id (`rsgen model init-tiny DIR --controls mask`)")
+    gen.add_argument("--model", help="controlled bundle folder or hub id (default: the built-in model)")
     gen.add_argument("--prompt", default="", help="text prompt")
     gen.add_argument("--negative-prompt", help="negative prompt")
     gen.add_argument(
@@ -165,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inpaint the non-zero pixels of --region in --image (8-bit RGB), optionally following controls. "
         "Pixels outside the region and its --feather margin are bit-identical to the input.",
     )
-    inp.add_argument("--model", help="controlled bundle folder or hub id")
+    inp.add_argument("--model", help="controlled bundle folder or hub id (default: the built-in model)")
     inp.add_argument("--image", required=True, type=Path, help="8-bit RGB image (PNG/GeoTIFF)")
     inp.add_argument("--region", required=True, type=Path, help="mask of the same size: non-zero = regenerate")
     inp.add_argument("--prompt", default="", help="text prompt")
@@ -200,6 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; generate nothing")
     run.add_argument("--num-processes", type=int, default=1, help="launch N processes through accelerate")
 
+    tr = sub.add_parser(
+        "train",
+        help="train or fine-tune a model from a YAML config (autoencoder, denoiser + mask ControlNet, SR)",
+        description="Train through accelerate (CPU, one or many GPUs, mixed precision and gradient accumulation "
+        "from the config). Re-running the same command resumes from the last checkpoint; raise max_steps with "
+        "--set to train further. The EMA weights are exported as a model bundle to OUTPUT_DIR/export.",
+        epilog="examples:\n  rsgen train examples/train/default_autoencoder.yaml\n"
+        "  rsgen train examples/train/default_denoiser.yaml --set max_steps=4000\n"
+        "  rsgen train my.yaml --num-processes 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tr.add_argument("config", type=Path, help="training config (YAML); see examples/train/")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--num-processes", type=int, default=1, help="launch N processes through accelerate")
+    tr.add_argument("--no-export", action="store_true", help="train and checkpoint only; do not export a bundle")
+    tr.add_argument("--dry-run", action="store_true", help="validate the config and print it; train nothing")
+
     cp = sub.add_parser(
         "change-pairs",
         help="bi-temporal change pairs with exact labels: simulated events, full or hybrid synthesis",
@@ -210,21 +223,41 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  rsgen change-pairs --model models/ctrl --layouts masks/ --palette loveda --mode full "
         "--events add_building=0.6,remove_building=0.2,transition=0.2 --change-fraction 0.1 -n 100 --out pairs/\n"
         "  rsgen change-pairs --model models/ctrl --images A/ --masks label/ --palette levir --mode hybrid "
-        "--distractors illumination,misregistration --out pairs/",
+        "--distractors illumination,misregistration --out pairs/\n"
+        "  rsgen change-pairs --model models/ctrl --vectors buildings:buildings.geojson --vectors roads:roads.geojson "
+        "--gsd 0.5 --size 512 --out pairs/\n"
+        "  rsgen change-pairs --model models/ctrl --mode hybrid --images t1.tif --vectors buildings:buildings.geojson "
+        "--out pairs/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cp.add_argument("--model", help="controlled bundle with a 'mask' control")
+    cp.add_argument("--model", help="controlled bundle with a 'mask' control (default: the built-in model)")
     cp.add_argument("--mode", default="full", choices=("full", "hybrid"), help="full or hybrid synthesis (full)")
     cp.add_argument("--layouts", type=Path, help="full mode: folder of semantic masks")
     cp.add_argument("--images", type=Path, help="hybrid mode: folder of real t1 images (8-bit RGB)")
     cp.add_argument("--masks", type=Path, help="hybrid mode: folder of their masks (same file names)")
+    cp.add_argument(
+        "--vectors", action="append", default=[],
+        help="layout t1 from vector layers instead of masks, repeatable: buildings:PATH (one instance per footprint), "
+        "roads:PATH (lines), polygons=CLASS:PATH, or a bare PATH. full mode: rasterised on a UTM grid of --size px "
+        "at --gsd; hybrid mode: on the grid of each georeferenced --images file",
+    )  # fmt: skip
+    cp.add_argument(
+        "--polygon-class", action="append", default=[],
+        help="--vectors attribute rule for polygons: KEY[=VALUE]:CLASS, e.g. natural=water:water",
+    )  # fmt: skip
+    cp.add_argument("--size", type=int, help="full mode with --vectors: grid size in pixels (default: native size)")
+    cp.add_argument("--lat", type=float, help="full mode with --vectors: grid centre latitude (default: the layers')")
+    cp.add_argument("--lon", type=float, help="full mode with --vectors: grid centre longitude")
     cp.add_argument("--palette", default="levir", help="scheme of the masks (levir, loveda, potsdam, ...)")
     cp.add_argument("--events", help="event probabilities, e.g. add_building=0.6,remove_building=0.2,transition=0.2")
     cp.add_argument("--change-fraction", type=float, default=0.1, help="target changed fraction (0.1)")
     cp.add_argument("--no-change-fraction", type=float, default=0.0, help="share of pairs with no event (0)")
     cp.add_argument("--distractors", default="", help="pseudo-changes on t2: illumination,colour,seasonal,haze,"
                     "blur,misregistration,resampling")  # fmt: skip
-    cp.add_argument("--gsd", type=float, default=0.5, help="ground sample distance of the layouts, m (0.5)")
+    cp.add_argument(
+        "--gsd", type=float, default=0.5,
+        help="ground sample distance of the layouts, m (0.5); --vectors on --images use the images' pixel size",
+    )  # fmt: skip
     cp.add_argument("--prompt", default="", help="text prompt")
     cp.add_argument("--layout", default="levir", choices=("levir", "second"), help="output layout (levir)")
     cp.add_argument("-n", "--num-samples", type=int, default=1, help="number of pairs (1)")
@@ -272,26 +305,28 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     info = model_sub.add_parser("info", help="print a bundle's rsgen_model.json")
-    info.add_argument("dir", help="bundle folder")
+    info.add_argument("dir", help="bundle folder, or 'default' for the built-in model")
 
     quick = sub.add_parser(
         "quickstart",
-        help="build a tiny smoke-test model and generate a few GeoTIFFs with it (images are noise)",
-        description="First-run check: builds a tiny random bundle (until rsgen ships a trained default model) "
-        "and runs txt2img with metadata into GeoTIFFs with sidecars. The images are noise.",
+        help="generate a small change-detection dataset with the built-in model and an HTML preview",
+        description="The main job on the built-in default model: simulated change events on the shipped example "
+        "layouts, both dates synthesised from the layouts (mask ControlNet), written in the LEVIR-CD layout with "
+        "exact change masks, event lists, captions and QA, plus an HTML preview to open in a browser.",
     )
     quick.add_argument(
         "--out", type=Path, default=Path("quickstart-out"), help="output folder (default quickstart-out)"
     )
-    quick.add_argument("-n", "--num-samples", type=int, default=4, help="number of images (default 4)")
+    quick.add_argument("-n", "--num-samples", type=int, default=8, help="number of change pairs (default 8)")
+    quick.add_argument("--steps", type=int, default=20, help="denoising steps per image (default 20)")
+    quick.add_argument("--model", help="controlled bundle with a 'mask' control (default: the built-in model)")
     return parser
 
 
 def _cmd_txt2img(args: argparse.Namespace) -> int:
     from gen.txt2img_job import Txt2ImgJob, run_txt2img
 
-    if not args.model:
-        raise ValueError(NO_DEFAULT_MODEL)
+    args.model = args.model or DEFAULT_MODEL
     job = Txt2ImgJob(
         model=args.model,
         prompt=args.prompt,
@@ -318,8 +353,7 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
 def _cmd_sr(args: argparse.Namespace) -> int:
     from gen.sr_job import SRJob, run_sr
 
-    if not args.model:
-        raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --sr"))
+    args.model = args.model or DEFAULT_MODEL
     job = SRJob(
         model=args.model, lr=args.lr, out=args.out, scale=args.scale, bands=args.bands, ref=args.ref,
         ref_bands=args.ref_bands, ref_strength=args.ref_strength, ref_strength_map=args.ref_strength_map,
@@ -342,11 +376,21 @@ def _pairs(items: list[str], argument: str) -> dict[str, str]:
     return out
 
 
+def _polygon_classes(rules: list[str]) -> dict[str, str]:
+    """``--polygon-class KEY[=VALUE]:CLASS`` rules -> {"KEY[=VALUE]": CLASS}."""
+    polygon_classes = {}
+    for rule in rules:
+        key, sep, cls = rule.rpartition(":")
+        if not sep or not key or not cls:
+            raise ValueError(f"--polygon-class {rule!r}: expected KEY[=VALUE]:CLASS, e.g. natural=water:water")
+        polygon_classes[key] = cls
+    return polygon_classes
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from gen.controlled_job import GenerateJob, run_generate
 
-    if not args.model:
-        raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --controls mask"))
+    args.model = args.model or DEFAULT_MODEL
     scales, guidance = {}, {}
     for name, value in _pairs(args.control_scale, "--control-scale").items():
         try:
@@ -363,12 +407,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             ) from None
         if not sep:
             raise ValueError(f"--control-guidance {name}={value!r}: expected NAME=START:END, e.g. canny=0:0.6")
-    polygon_classes = {}
-    for rule in args.polygon_class:
-        key, sep, cls = rule.rpartition(":")
-        if not sep or not key or not cls:
-            raise ValueError(f"--polygon-class {rule!r}: expected KEY[=VALUE]:CLASS, e.g. natural=water:water")
-        polygon_classes[key] = cls
+    polygon_classes = _polygon_classes(args.polygon_class)
     job = GenerateJob(
         model=args.model, out=args.out, prompt=args.prompt, negative_prompt=args.negative_prompt,
         layouts=args.layout, polygon_classes=polygon_classes, mask=args.mask, palette=args.palette,
@@ -385,8 +424,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     from gen.controlled_job import InpaintJob, run_inpaint
 
-    if not args.model:
-        raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --controls mask"))
+    args.model = args.model or DEFAULT_MODEL
     job = InpaintJob(
         model=args.model, image=args.image, region=args.region, out=args.out, prompt=args.prompt,
         negative_prompt=args.negative_prompt, controls=args.control, feather=args.feather,
@@ -436,12 +474,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gen.train import load_train_config, train
+
+    config = load_train_config(args.config, args.set)
+    if args.dry_run:
+        sys.stdout.write(json.dumps({"digest": config.digest(), "config": config.raw}, indent=2, default=str) + "\n")
+        return 0
+    if args.num_processes > 1:
+        import subprocess
+
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(args.num_processes), "--num_machines", "1",
+            "--mixed_precision", config.mixed_precision, "--dynamo_backend", "no",
+            "-m", "gen", "train", str(args.config),
+        ] + [x for item in args.set for x in ("--set", item)] + (["--no-export"] if args.no_export else [])  # fmt: skip
+        return subprocess.call(cmd)
+    out = train(config, export=not args.no_export)
+    sys.stdout.write(f"training done: {out}\n")
+    return 0
+
+
 def _cmd_change_pairs(args: argparse.Namespace) -> int:
     from conditions.change_events import ChangeConfig
     from gen.change_job import ChangePairJob, run_change_pairs
 
-    if not args.model:
-        raise ValueError(NO_DEFAULT_MODEL.replace("init-tiny DIR", "init-tiny DIR --controls mask"))
+    args.model = args.model or DEFAULT_MODEL
     events = {}
     if args.events:
         for name, value in _pairs(args.events.split(","), "--events").items():
@@ -450,8 +509,12 @@ def _cmd_change_pairs(args: argparse.Namespace) -> int:
             except ValueError:
                 raise ValueError(f"--events {name}={value!r}: expected a probability, e.g. {name}=0.5") from None
     config = ChangeConfig(change_fraction=args.change_fraction, **({"events": events} if events else {}))
+    if (args.lat is None) != (args.lon is None):
+        raise ValueError(f"--lat {args.lat} / --lon {args.lon}: give both (the grid centre) or neither")
     job = ChangePairJob(
         model=args.model, out=args.out, mode=args.mode, layouts=args.layouts, images=args.images, masks=args.masks,
+        vectors=args.vectors, polygon_classes=_polygon_classes(args.polygon_class), size=args.size,
+        metadata=Metadata(lat=args.lat, lon=args.lon),
         palette=args.palette, change=config, no_change_fraction=args.no_change_fraction,
         distractors=[d for d in args.distractors.split(",") if d], gsd=args.gsd, prompt=args.prompt,
         num_samples=args.num_samples, seed=args.seed, steps=args.steps, guidance=args.guidance, layout=args.layout,
@@ -506,40 +569,37 @@ def _cmd_model(args: argparse.Namespace) -> int:
         sys.stdout.write(f"tiny bundle written to {path} ({SMOKE_TEST_WARNING})\n")
         return 0
     if args.model_command == "info":
-        from pipelines.bundle import ModelCard
+        from pipelines.bundle import ModelCard, is_default, resolve_bundle
 
+        if is_default(str(args.dir)):  # the built-in model: one card per bundle it ships
+            pipelines = {"controlled": "RSControlledPipeline", "sr": "RSSuperResolutionPipeline"}
+            cards = {k: ModelCard.read(resolve_bundle(None, pipeline=p)).to_dict() for k, p in pipelines.items()}
+            sys.stdout.write(json.dumps(cards, indent=2) + "\n")
+            return 0
         sys.stdout.write(json.dumps(ModelCard.read(args.dir).to_dict(), indent=2) + "\n")
         return 0
     raise ValueError("rsgen model: choose an action: init-tiny or info (see `rsgen model --help`)")
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from gen.txt2img_job import Txt2ImgJob, run_txt2img
-    from pipelines.tiny_bundle import build_tiny_bundle
+    from conditions.change_events import ChangeConfig
+    from gen.assets import EXAMPLE_LAYOUTS
+    from gen.change_job import ChangePairJob, run_change_pairs
+    from synth_datasets.preview import write_preview
+    from synth_datasets.reader import load_dataset
 
-    model_dir = args.out / "tiny-model"
-    if not (model_dir / "rsgen_model.json").is_file():
-        build_tiny_bundle(model_dir, overwrite=True)
-    logger.warning(
-        "quickstart uses a tiny model with RANDOM weights: the images are noise. rsgen has no trained "
-        "default model yet; pass --model to `rsgen txt2img` for real images."
-    )
-    job = Txt2ImgJob(
-        model=str(model_dir),
-        prompt="dense residential area with a river and a bridge",
-        metadata=Metadata(gsd=0.5, lat=52.3676, lon=4.9041, date=parse_date("2021-06-01"), cloud=0.05, sensor="aerial"),
-        num_samples=args.num_samples,
-        batch_size=4,
-        seed=0,
-        steps=20,
-        out=args.out / "images",
-        fmt="geotiff",
-        overwrite=True,
-    )
-    written = run_txt2img(job)
+    pairs = args.out / "change-pairs"
+    job = ChangePairJob(
+        model=args.model or DEFAULT_MODEL, out=pairs, mode="full", layouts=EXAMPLE_LAYOUTS, palette="canonical",
+        change=ChangeConfig(change_fraction=0.08), distractors=["illumination"], gsd=0.5,
+        prompt="aerial image of a suburb", metadata=Metadata(lat=52.37, lon=4.89, date=parse_date("2021-06-01")),
+        num_samples=args.num_samples, seed=0, steps=args.steps, guidance=3.0, layout="levir", overwrite=True,
+    )  # fmt: skip
+    written = run_change_pairs(job)
+    page, sheet = write_preview(load_dataset(pairs), args.out / "preview")
     sys.stdout.write(
-        f"quickstart: wrote {len(written)} GeoTIFFs + JSON sidecars to {job.out} "
-        "(random-weight smoke-test model: the images are noise)\n"
+        f"quickstart: {len(written)} change pairs (LEVIR-CD layout: A/, B/, label/, captions, events) in {pairs}\n"
+        f"open {page} in a browser (contact sheet: {sheet})\n"
     )
     return 0
 
@@ -564,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inpaint": _cmd_inpaint,
         "sr": _cmd_sr,
         "run": _cmd_run,
+        "train": _cmd_train,
         "export": _cmd_export,
         "change-pairs": _cmd_change_pairs,
         "preview": _cmd_preview,

@@ -46,33 +46,33 @@ logger = logging.getLogger(__name__)
 LAYER_KINDS = ("buildings", "roads", "polygons")
 
 
-def parse_layout_spec(spec: str) -> tuple[str, str | None, Path]:
+def parse_layout_spec(spec: str, argument: str = "--layout") -> tuple[str, str | None, Path]:
     """``buildings:a.geojson``, ``roads:b.geojson``, ``polygons=water:c.geojson`` or a bare path
-    (lines → roads, polygons → buildings)."""
+    (lines → roads, polygons → buildings); errors name ``argument``."""
     kind, cls, path = None, None, spec
     head, sep, tail = spec.partition(":")
     if sep and not Path(spec).exists():
         kind, _, cls = head.partition("=")
         path = tail
         if kind not in LAYER_KINDS:
-            raise VectorError(f"--layout {spec!r}: unknown layer kind {kind!r}; use one of {LAYER_KINDS}")
+            raise VectorError(f"{argument} {spec!r}: unknown layer kind {kind!r}; use one of {LAYER_KINDS}")
         if kind == "polygons" and cls:
             CANONICAL.class_by_name(cls)
     return kind or "", cls or None, Path(path)
 
 
-def _layer_rule(spec: str, polygon_classes: dict[str, str] | None = None) -> LayerRule:
-    kind, cls, path = parse_layout_spec(spec)
+def _layer_rule(spec: str, polygon_classes: dict[str, str] | None = None, argument: str = "--layout") -> LayerRule:
+    kind, cls, path = parse_layout_spec(spec, argument)
     if kind == "polygons" and not cls and not polygon_classes:
         raise VectorError(
-            f"--layout {spec!r}: polygons need a class (polygons=water:PATH) or attribute rules "
+            f"{argument} {spec!r}: polygons need a class (polygons=water:PATH) or attribute rules "
             "(--polygon-class natural=water:water)"
         )
     layer = read_vector(path)
     if not kind:
         lines = sum(g.geom_type in ("LineString", "MultiLineString") for g in layer.geometries)
         kind = "roads" if lines > len(layer) / 2 else "buildings"
-        logger.info("--layout %s: read as %s", path, kind)
+        logger.info("%s %s: read as %s", argument, path, kind)
     classify = None
     if kind == "polygons":
         classify = (lambda _props, c=cls: c) if cls else attribute_classifier(polygon_classes or {})
@@ -136,7 +136,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def _with_centre(metadata: Metadata, grid: TargetGrid) -> Metadata:
+def with_centre(metadata: Metadata, grid: TargetGrid) -> Metadata:
+    """``metadata`` with lat/lon set to the centre of ``grid``."""
     from pyproj import Transformer
 
     left, bottom, right, top = grid.bounds
@@ -146,9 +147,11 @@ def _with_centre(metadata: Metadata, grid: TargetGrid) -> Metadata:
     return replace(metadata, lat=lat, lon=lon)
 
 
-def load_layout_rules(specs: list[str], polygon_classes: dict[str, str] | None = None) -> list[LayerRule]:
-    """Read the layers of ``--layout`` specs once (jobs reuse them for every sample)."""
-    return [_layer_rule(spec, polygon_classes) for spec in specs]
+def load_layout_rules(
+    specs: list[str], polygon_classes: dict[str, str] | None = None, argument: str = "--layout"
+) -> list[LayerRule]:
+    """Read the layers of ``--layout`` specs once (jobs reuse them for every sample); errors name ``argument``."""
+    return [_layer_rule(spec, polygon_classes, argument) for spec in specs]
 
 
 def layout_sources(rules: list[LayerRule]) -> list[dict[str, Any]]:
@@ -178,15 +181,20 @@ def layout_labels_at(
     return rasterize_checked(rules, grid)
 
 
+def layout_centre(rules: list[LayerRule], metadata: Metadata) -> tuple[float, float]:
+    """(lat, lon) of a layout grid: ``metadata``'s location, else the centroid of the layers (weighted by
+    area, so buildings rather than long roads)."""
+    if metadata.lat is not None:
+        return metadata.lat, metadata.lon
+    geoms = [g for r in rules for g in r.layer.to_crs(CRS.from_epsg(4326)).geometries]
+    lon, lat = unary_union(geoms).centroid.coords[0]
+    return lat, lon
+
+
 def _layout_from_vectors(job: GenerateJob, size: int) -> tuple[LayoutLabels, list[dict[str, Any]]]:
     rules = load_layout_rules(job.layouts, job.polygon_classes)
-    md = job.metadata
-    if md.lat is not None:
-        lat, lon = md.lat, md.lon
-    else:  # the centroid of the layers (weighted by area, so buildings rather than long roads)
-        geoms = [g for r in rules for g in r.layer.to_crs(CRS.from_epsg(4326)).geometries]
-        lon, lat = unary_union(geoms).centroid.coords[0]
-    return layout_labels_at(rules, lat, lon, md.gsd, size), layout_sources(rules)
+    lat, lon = layout_centre(rules, job.metadata)
+    return layout_labels_at(rules, lat, lon, job.metadata.gsd, size), layout_sources(rules)
 
 
 def rasterize_checked(rules: list[LayerRule], grid: TargetGrid) -> LayoutLabels:
@@ -222,7 +230,7 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
         semantic, instances, objects = labels.semantic, labels.instances, labels.objects
         georef = GeoReference(crs=labels.grid.crs, transform=labels.grid.transform)
         if job.metadata.lat is None:  # the layout places the image: tell the model where
-            job.metadata = _with_centre(job.metadata, labels.grid)
+            job.metadata = with_centre(job.metadata, labels.grid)
     elif job.mask:
         mask = read_mask(job.mask, job.palette)
         semantic = mask.palette.to_canonical(mask.ids)

@@ -36,6 +36,7 @@ import yaml
 
 from conditions.hashing import sha256_file
 from conditions.masks import SemanticMask, encode_color, read_mask
+from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
 from gen.job_spec import JobSpec
 from gen.progress import progress
@@ -141,6 +142,8 @@ class TaskContext:
                 layouts=Path(c["layouts"]) if c.get("layouts") else None,
                 images=Path(c["images"]) if c.get("images") else None,
                 masks=Path(c["masks"]) if c.get("masks") else None, palette=c.get("palette", "levir"),
+                vectors=list(c.get("vectors") or []), polygon_classes=dict(c.get("polygon_classes") or {}),
+                size=c.get("size"), metadata=Metadata(lat=c.get("lat"), lon=c.get("lon")),
                 change=config, no_change_fraction=float(c.get("no_change_fraction", 0.0)),
                 distractors=list(c.get("distractors", [])), gsd=float(c.get("gsd", 0.5)), prompt=spec.prompts[0],
                 seed=spec.seed, steps=spec.steps, guidance=spec.guidance, layout=c.get("layout", "levir"),

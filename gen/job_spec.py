@@ -240,9 +240,9 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
     task = data.get("task")
     if task not in TASKS:
         raise _err("task", f"expected one of {TASKS}, got {task!r}")
-    model = data.get("model")
+    model = data.get("model", "default")
     if not isinstance(model, str) or not model:
-        raise _err("model", "required: a bundle folder or hub id (or --set model=DIR)")
+        raise _err("model", f"{model!r}: expected a bundle folder, a hub id or 'default' (the built-in model)")
     num_samples = _int(data, "num_samples", None, 1)
     seed = _int(data, "seed", 0, 0)
     batch_size = _int(data, "batch_size", 4, 1)
@@ -305,18 +305,35 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
         raise _err("lr", f"only used by task sr, not {task}")
     change = data.get("change")
     if task == "change_pairs":
-        keys = {"mode", "layouts", "images", "masks", "palette", "events", "change_fraction", "no_change_fraction",
-                "distractors", "gsd", "layout"}  # fmt: skip
+        keys = {"mode", "layouts", "images", "masks", "vectors", "polygon_classes", "size", "lat", "lon", "palette",
+                "events", "change_fraction", "no_change_fraction", "distractors", "gsd", "layout"}  # fmt: skip
         if not isinstance(change, dict):
             raise _err("change", "task change_pairs needs change: {mode: full, layouts: DIR, palette: NAME, ...}")
         unknown_change = sorted(set(change) - keys)
         if unknown_change:
             raise _err(f"change.{unknown_change[0]}", f"unknown key; use {sorted(keys)}")
         mode = change.get("mode", "full")
-        needed = ["layouts"] if mode == "full" else ["images", "masks"]
+        vectors = change.get("vectors")
+        if vectors is not None:
+            if not isinstance(vectors, list) or not vectors or not all(isinstance(v, str) for v in vectors):
+                raise _err("change.vectors", f"expected a list like [buildings:PATH, roads:PATH], got {vectors!r}")
+            if change.get("layouts") or change.get("masks"):
+                raise _err("change.vectors", "vectors replace layouts/masks as layout t1; give one of them")
+        if mode == "hybrid":
+            needed = ["images"] if vectors else ["images", "masks"]
+        else:
+            needed = [] if vectors else ["layouts"]
         for key in needed:
-            if not change.get(key) or not Path(change[key]).is_dir():
+            path = Path(change[key]) if change.get(key) else None
+            if path is None or not (path.is_dir() or (vectors and key == "images" and path.is_file())):
                 raise _err(f"change.{key}", f"mode {mode} needs a folder here, got {change.get(key)!r}")
+        if "size" in change and (not isinstance(change["size"], int) or change["size"] < 8):
+            raise _err("change.size", f"expected an integer number of pixels >= 8, got {change['size']!r}")
+        for key, limit in (("lat", 90), ("lon", 180)):
+            if key in change and (not isinstance(change[key], int | float) or abs(change[key]) > limit):
+                raise _err(f"change.{key}", f"expected degrees in [-{limit}, {limit}], got {change[key]!r}")
+        if ("lat" in change) != ("lon" in change):
+            raise _err("change.lat", "give both lat and lon (the grid centre) or neither")
         fraction = change.get("change_fraction", 0.1)
         if not isinstance(fraction, int | float) or not 0 < fraction <= 1:
             raise _err("change.change_fraction", f"expected a fraction in (0, 1], got {fraction!r}")

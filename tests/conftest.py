@@ -10,10 +10,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RSGEN_NO_PROGRESS", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+_OMP = os.environ.get("OMP_NUM_THREADS", "")
+torch.set_num_threads(int(_OMP) if _OMP.isdigit() and int(_OMP) > 0 else min(2, os.cpu_count() or 1))  # OMP=1: one
 
 from pipelines import RSText2ImagePipeline  # noqa: E402
-from pipelines.tiny_bundle import TinyBundleConfig, build_tiny_bundle  # noqa: E402
+from pipelines.controlled import RSControlledPipeline  # noqa: E402
+from pipelines.tiny_bundle import TinyBundleConfig, TinyControlledBundleConfig, build_tiny_bundle  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEST_SIZE = 64  # tiny bundles' native size in tests: 8×8 latents
@@ -50,3 +52,12 @@ def tiny_pipe_nometa(tiny_bundle_nometa: Path) -> RSText2ImagePipeline:
     pipe = RSText2ImagePipeline.from_bundle(tiny_bundle_nometa)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def ctrl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RSControlledPipeline]:
+    """A tiny random controlled bundle with a 'mask' ControlNet (change pairs), and its pipeline."""
+    path = build_tiny_bundle(tmp_path_factory.mktemp("cp") / "ctrl", TinyControlledBundleConfig(TEST_SIZE, ("mask",)))
+    pipe = RSControlledPipeline.from_bundle(path)
+    pipe.set_progress_bar_config(disable=True)
+    return path, pipe

@@ -92,3 +92,95 @@ def test_expand_and_shrink_buildings(levir):
     assert np.array_equal(rasterize_events(result.events, levir.shape), result.change_mask)
     for e in result.events:
         assert (e.class_to == "building") == (e.type == "expand_building") and e.instance_id
+
+
+def _road_layout(angle_deg: float, size: int = 256, width_px: float = 12) -> np.ndarray:
+    """Low vegetation crossed by one straight road through the centre at ``angle_deg`` (image x to y)."""
+    import math
+
+    import shapely
+    from rasterio import features
+
+    a, c = math.radians(angle_deg), size / 2
+    line = shapely.LineString([(c - size * math.cos(a), c - size * math.sin(a)),
+                               (c + size * math.cos(a), c + size * math.sin(a))])  # fmt: skip
+    semantic = np.full((size, size), CANONICAL.class_by_name("low_vegetation").id, np.uint8)
+    road = features.rasterize([(line.buffer(width_px / 2, cap_style="flat"), 1)], out_shape=(size, size))
+    semantic[road.astype(bool)] = CANONICAL.class_by_name("road").id
+    return semantic
+
+
+def _angle_error(pixels: np.ndarray, angle_deg: float) -> float:
+    """Degrees between the minimum-area rectangle of ``pixels`` and ``angle_deg``, modulo 90."""
+    import cv2
+
+    ys, xs = np.nonzero(pixels)
+    diff = (cv2.minAreaRect(np.column_stack([xs, ys]).astype(np.float32))[2] - angle_deg) % 90
+    return min(diff, 90 - diff)
+
+
+@pytest.mark.parametrize("angle", [30, 63])
+def test_new_buildings_run_parallel_to_a_road_and_keep_off_it(angle):
+    import cv2
+
+    semantic = _road_layout(angle)
+    road = semantic == CANONICAL.class_by_name("road").id
+    config = ChangeConfig(change_fraction=0.12, events={"add_building": 1}, road_setback_m=2.0)
+    result = simulate_change(semantic, 0.5, config, np.random.default_rng(3))
+    ids = sorted({e.instance_id for e in result.events})
+    assert len(ids) >= 4 and np.array_equal(rasterize_events(result.events, semantic.shape), result.change_mask)
+    errors = [_angle_error(result.instances == i, angle) for i in ids]
+    assert max(errors) < 2.0, errors  # every footprint parallel to the road (mod 90°)
+    assert not (result.change_mask & road).any()  # never on the road ...
+    distance = cv2.distanceTransform((~road).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    assert distance[result.change_mask].min() > 2.0 / 0.5  # ... and at least the 2 m set-back away
+    aligned = {e.aligned_with for e in result.events}
+    assert "road" in aligned and aligned <= {"road", "building"}  # the first one has only the road to follow
+    again = simulate_change(semantic, 0.5, config, np.random.default_rng(3))
+    assert [e.to_dict() for e in again.events] == [e.to_dict() for e in result.events]  # deterministic
+
+
+def test_nearest_reference_wins():
+    """Far from the road but beside an existing (axis-aligned) building, a new one follows the building."""
+    from conditions.building_placement import Orientations, Roads, align_footprint
+
+    semantic = _road_layout(30, size=256, width_px=8)
+    semantic[:60, :] = CANONICAL.class_by_name("low_vegetation").id  # no road in the top rows
+    semantic[10:30, 200:240] = CANONICAL.class_by_name("building").id
+    instances = (semantic == CANONICAL.class_by_name("building").id).astype(np.int32)
+    orientations, roads = Orientations(instances), Roads(semantic, 0.5)
+    near_building = align_footprint(200.0, 45.0, 20.0, orientations, roads, 4.0)
+    assert near_building.reference == "building" and near_building.angle % (np.pi / 2) < 1e-6
+    near_road = align_footprint(128.0, 128.0, 20.0, orientations, roads, 4.0)  # on the road: pushed off it
+    assert near_road.reference == "road" and abs(np.degrees(near_road.angle) - 30) < 1.0
+    offset = np.hypot(near_road.cx - 128.0, near_road.cy - 128.0)
+    assert offset >= 20 / 2 + 4.0  # centre moved half a depth plus the set-back from the road
+
+
+@pytest.fixture(scope="module")
+def oakland():
+    """Real OSM layout (West Oakland buildings + roads) on a 1 m UTM grid: canonical ids and instances."""
+    from gen.controlled_job import layout_labels_at, load_layout_rules
+
+    layers = [f"buildings:{shared_file('vector/osm_west_oakland/buildings.geojson')}",
+              f"roads:{shared_file('vector/osm_west_oakland/roads.geojson')}"]  # fmt: skip
+    labels = layout_labels_at(load_layout_rules(layers), 37.8076, -122.3004, 1.0, 256)
+    return labels.semantic, labels.instances
+
+
+def test_real_osm_layout_with_roads_stays_exact(oakland):
+    semantic, instances = oakland
+    road = semantic == CANONICAL.class_by_name("road").id
+    assert road.mean() > 0.05 and instances.max() > 10
+    config = ChangeConfig(change_fraction=0.1)
+    result = simulate_change(semantic, 1.0, config, np.random.default_rng(4), instances=instances)
+    assert np.array_equal(rasterize_events(result.events, semantic.shape), result.change_mask)
+    for event in result.events:  # label1/label2 agree with every event's from -> to
+        pixels = rasterize_events([event], semantic.shape)
+        assert (semantic[pixels] == CANONICAL.class_by_name(event.class_from).id).all()
+        assert (result.semantic[pixels] == CANONICAL.class_by_name(event.class_to).id).all()
+    added = np.isin(result.instances, [e.instance_id for e in result.events if e.type == "add_building"])
+    assert added.any() and not (added & road).any()
+    assert {e.aligned_with for e in result.events if e.type == "add_building"} >= {"road"}
+    removed = [e.instance_id for e in result.events if e.type == "remove_building"]
+    assert removed and all(0 < i <= instances.max() for i in removed)  # OSM footprints (their instance ids)

@@ -10,20 +10,10 @@ from conditions.change_events import ChangeConfig, ChangeError, rasterize_events
 from conditions.distractors import apply_distractors
 from gen.change_job import ChangePairJob, run_change_pairs
 from gen.cli import main
-from pipelines.controlled import RSControlledPipeline
-from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
 from synth_datasets.change_writer import read_change_pair
 from tests.conftest import shared_file
 
 LEVIR = "change/levir_like"
-
-
-@pytest.fixture(scope="module")
-def ctrl(tmp_path_factory):
-    path = build_tiny_bundle(tmp_path_factory.mktemp("cp") / "ctrl", TinyControlledBundleConfig(64, ("mask",)))
-    pipe = RSControlledPipeline.from_bundle(path)
-    pipe.set_progress_bar_config(disable=True)
-    return path, pipe
 
 
 @pytest.fixture(scope="module")

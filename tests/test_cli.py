@@ -76,7 +76,6 @@ def test_txt2img_end_to_end_geotiff(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["txt2img", "--prompt", "x", "--out", "o"], "--model is required: rsgen does not ship a built-in default"),
         (["txt2img", "--model", "m", "--prompt", "x", "--out", "o", "--date", "June"], "expected an ISO date"),
         (["txt2img", "--model", "m", "--prompt", "x", "--out", "o", "--cloud", "3"], "metadata.cloud=3.0 is outside"),
         (["txt2img", "--model", "nope/does/not", "--prompt", "x", "--out", "o"], "no such folder"),

@@ -216,3 +216,23 @@ def test_cli_train_dry_run(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["config"]["max_steps"] == 9 and len(printed["digest"]) == 16
     assert not (tmp_path / "run").exists()
+
+
+def test_two_process_training_through_accelerate(tmp_path):
+    """`rsgen train --num-processes 2` runs DDP over gloo on CPU and exports once."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "ae.yaml"
+    path.write_text(yaml.safe_dump(config("autoencoder", tmp_path / "run", max_steps=2, checkpoint_every=2)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen", "train", str(path), "--num-processes", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "export" / "vae" / "config.json").is_file()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2  # the main process logs once per step

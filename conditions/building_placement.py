@@ -1,0 +1,157 @@
+"""Where a new building goes and how it is turned: footprints aligned with the nearest building or road.
+
+``add_building`` events (``conditions.change_events``) draw a candidate centre and size, then ask
+:func:`align_footprint` for the footprint's orientation:
+
+* the **nearest reference** wins: the nearest road pixel (distance to the road's edge) against the
+  nearest building (distance from its centroid minus its equivalent radius, i.e. roughly to its edge);
+* aligned with a **road**, the footprint's long axis runs parallel to the local road direction — the
+  principal axis of the road pixels within ``radius`` pixels of the nearest road pixel — and a candidate
+  closer to the road than half its depth plus the set-back is pushed away from the road along the
+  road's normal, so the building fronts the street instead of standing on it;
+* aligned with a **building**, it takes that building's orientation (its minimum-area rectangle).
+
+Everything is a deterministic function of the candidate (no random draws), so results stay reproducible
+from the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from shapely.geometry import Polygon
+
+from conditions.palettes import CANONICAL
+
+ROAD = CANONICAL.class_by_name("road").id
+ROAD_DIRECTION_RADIUS_M = 20.0  # road pixels within this distance of the nearest one give its direction
+PCA_SAMPLES = 64  # at most this many pixels per side of the direction window (subsampled beyond)
+
+
+def footprint(rng: np.random.Generator, cx: float, cy: float, w: float, h: float, angle: float) -> Polygon:
+    """A rectangle, or (one time in three) an L shape, centred on (cx, cy), rotated by ``angle`` (rad).
+    The side of length ``w`` runs along ``angle``; ``h`` is the depth across it."""
+    if rng.random() < 1 / 3:
+        cut_w, cut_h = w * rng.uniform(0.3, 0.6), h * rng.uniform(0.3, 0.6)
+        points = [(0, 0), (w, 0), (w, h - cut_h), (w - cut_w, h - cut_h), (w - cut_w, h), (0, h)]
+    else:
+        points = [(0, 0), (w, 0), (w, h), (0, h)]
+    cos, sin = math.cos(angle), math.sin(angle)
+    moved = [
+        ((x - w / 2) * cos - (y - h / 2) * sin + cx, (x - w / 2) * sin + (y - h / 2) * cos + cy) for x, y in points
+    ]
+    return Polygon(moved)
+
+
+class Orientations:
+    """Centroids, sizes and orientations of the buildings, computed once, for aligning new footprints."""
+
+    def __init__(self, instances: np.ndarray) -> None:
+        ys, xs = np.nonzero(instances)
+        ids = instances[ys, xs]
+        order = np.argsort(ids, kind="stable")
+        ids, xs, ys = ids[order], xs[order], ys[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], int)
+        self.centroids: list[tuple[float, float]] = []
+        self.angles: list[float] = []
+        self.radii: list[float] = []
+        for a, b in zip(starts, np.r_[starts[1:], len(ids)]):
+            points = np.column_stack([xs[a:b], ys[a:b]]).astype(np.float32)  # (n, 2)
+            angle = math.radians(cv2.minAreaRect(points)[2])
+            self.add(float(points[:, 0].mean()), float(points[:, 1].mean()), angle, b - a)
+
+    def add(self, cx: float, cy: float, angle: float, pixels: float) -> None:
+        self.centroids.append((cx, cy))
+        self.angles.append(angle)
+        self.radii.append(math.sqrt(pixels / math.pi))
+
+    def nearest(self, cx: float, cy: float) -> tuple[float, float] | None:
+        """(angle, distance in px to roughly its edge) of the building nearest to (cx, cy); None if none."""
+        if not self.centroids:
+            return None
+        c = np.asarray(self.centroids)  # (N, 2)
+        distances = np.hypot(c[:, 0] - cx, c[:, 1] - cy) - np.asarray(self.radii)
+        k = int(np.argmin(distances))
+        return self.angles[k], max(0.0, float(distances[k]))
+
+
+class Roads:
+    """The road pixels (canonical class ``road``) of a layout: distance from every pixel to the nearest
+    road pixel, which pixel that is, and the local road direction. Call :meth:`update` when roads change."""
+
+    def __init__(self, semantic: np.ndarray, gsd: float) -> None:
+        self.radius = max(ROAD_DIRECTION_RADIUS_M / gsd, 8.0)
+        self.update(semantic)
+
+    def update(self, semantic: np.ndarray) -> None:
+        self.mask = semantic == ROAD
+        self.present = bool(self.mask.any())
+        if not self.present:
+            return
+        self.distance, self._labels = cv2.distanceTransformWithLabels(
+            (~self.mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, labelType=cv2.DIST_LABEL_PIXEL
+        )  # distance (px) to the nearest road pixel; label k = the k-th road pixel in row-major order
+        self._ys, self._xs = np.nonzero(self.mask)
+
+    def nearest(self, x: float, y: float) -> tuple[float, int, int]:
+        """Distance (px) from the pixel holding (x, y) to the nearest road pixel, and that pixel's column, row."""
+        col = min(int(x), self.mask.shape[1] - 1)
+        row = min(int(y), self.mask.shape[0] - 1)
+        k = int(self._labels[row, col]) - 1
+        return float(self.distance[row, col]), int(self._xs[k]), int(self._ys[k])
+
+    def direction(self, col: int, row: int) -> float | None:
+        """Angle (rad, in [0, pi)) of the principal axis of the road pixels within ``radius`` of (col, row);
+        None when fewer than three road pixels are there."""
+        r = int(math.ceil(self.radius))
+        step = max(1, (2 * r + 1) // PCA_SAMPLES)  # subsample large windows (fine GSDs): constant cost
+        r0, c0 = max(0, row - r), max(0, col - r)
+        ys, xs = np.nonzero(self.mask[r0 : row + r + 1 : step, c0 : col + r + 1 : step])
+        dx, dy = xs * step + c0 - col, ys * step + r0 - row
+        inside = dx * dx + dy * dy <= r * r
+        if inside.sum() < 3:
+            return None
+        points = np.column_stack([dx[inside], dy[inside]]).astype(float)
+        points -= points.mean(axis=0)
+        _, vectors = np.linalg.eigh(points.T @ points)
+        vx, vy = vectors[:, 1]  # eigenvector of the largest eigenvalue: along the road
+        return math.atan2(vy, vx) % math.pi
+
+
+@dataclass(frozen=True)
+class Alignment:
+    cx: float  # the footprint's centre, pixels (moved off the road when needed)
+    cy: float
+    angle: float  # radians
+    reference: str | None  # 'road', 'building' or None (nothing to align with)
+
+
+def align_footprint(
+    cx: float, cy: float, depth: float, orientations: Orientations, roads: Roads, setback_px: float
+) -> Alignment:
+    """Orientation (and, next to a road, position) of a new footprint of depth ``depth`` px at (cx, cy)."""
+    building = orientations.nearest(cx, cy)
+    if roads.present:
+        distance, col, row = roads.nearest(cx, cy)
+        theta = roads.direction(col, row)
+        if theta is not None and (building is None or distance <= building[1]):
+            need = depth / 2 + setback_px + 1.5  # centre to road-pixel centre that keeps the set-back
+            if distance < need:
+                nx, ny = -math.sin(theta), math.cos(theta)  # the road's normal
+                qx, qy = col + 0.5, row + 0.5
+                side = 1.0 if nx * (cx - qx) + ny * (cy - qy) >= 0 else -1.0  # stay on the candidate's side
+                cx, cy = qx + side * nx * need, qy + side * ny * need
+            return Alignment(cx, cy, theta, "road")
+    if building is not None:
+        return Alignment(cx, cy, building[0], "building")
+    return Alignment(cx, cy, 0.0, None)
+
+
+def keeps_setback(pixels: np.ndarray, roads: Roads, setback_px: float) -> bool:
+    """True when no pixel of ``pixels`` lies on a road or within ``setback_px`` of one."""
+    if not roads.present:
+        return True
+    return bool(roads.distance[pixels].min() > setback_px)
