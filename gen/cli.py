@@ -596,7 +596,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, seed=0, steps=args.steps, guidance=3.0, layout="levir", overwrite=True,
     )  # fmt: skip
     written = run_change_pairs(job)
-    page, sheet = write_preview(load_dataset(pairs), args.out / "preview")
+    page, sheet = write_preview(load_dataset(pairs), args.out / "preview.html")
     sys.stdout.write(
         f"quickstart: {len(written)} change pairs (LEVIR-CD layout: A/, B/, label/, captions, events) in {pairs}\n"
         f"open {page} in a browser (contact sheet: {sheet})\n"

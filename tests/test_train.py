@@ -53,7 +53,7 @@ def random_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("vae") / "vae"
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        build_autoencoder(AutoencoderArch(channels=(16, 16, 32, 32)), 32).save_pretrained(path)
+        build_autoencoder(AutoencoderArch(channels=(16, 16, 32, 32), latent_channels=8), 32).save_pretrained(path)
     return path
 
 

@@ -201,10 +201,11 @@ class DenoiserTask:
         pool = build_pool(config.data, config.resolution, config.pool_size, config.seed)
         self.vae = load_autoencoder(config.autoencoder or config.init_from)
         self.tokenizer = build_tiny_clip_tokenizer(model_max_length=TOKEN_LENGTH)
+        latent = self.vae.config.latent_channels
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             unet = build_unet(arch.unet_channels, arch.attention, arch.layers_per_block, arch.attention_heads,
-                              arch.text_hidden, config.resolution, 4, 4, arch.metadata)  # fmt: skip
+                              arch.text_hidden, config.resolution, latent, latent, arch.metadata)  # fmt: skip
             text_encoder = build_text_encoder(self.tokenizer, arch.text_hidden, arch.text_layers)
             time_dim = arch.unet_channels[0] * 4
             metadata_encoder = (

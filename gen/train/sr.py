@@ -123,10 +123,11 @@ class SRTask:
         self.lr_images = degrade(pool.images, arch.scale)
         self.vae = load_autoencoder(config.autoencoder or config.init_from)
         self.tokenizer = build_tiny_clip_tokenizer(model_max_length=TOKEN_LENGTH)
+        latent = self.vae.config.latent_channels
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             unet = build_unet(arch.unet_channels, arch.attention, arch.layers_per_block, arch.attention_heads,
-                              arch.text_hidden, config.resolution, 8, 4, metadata=False)  # fmt: skip
+                              arch.text_hidden, config.resolution, 2 * latent, latent, metadata=False)  # fmt: skip
             text_encoder = build_text_encoder(self.tokenizer, arch.text_hidden, arch.text_layers)
             controlnet = ControlNetModel.from_unet(
                 unet, conditioning_channels=3, conditioning_embedding_out_channels=(16, 32, 64, 128)
