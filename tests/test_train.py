@@ -193,8 +193,20 @@ def test_denoiser_learns_and_exports_a_controlled_bundle(tmp_path, random_vae):
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
 
-def test_sr_trains_and_exports(tmp_path, random_vae):
-    export = train(parse_train_config(config("sr", tmp_path / "s", autoencoder=str(random_vae), max_steps=3)))
+def test_sr_learns_and_exports(tmp_path, random_vae):
+    from accelerate import Accelerator
+
+    from gen.train.loop import load_checkpoint
+    from gen.train.sr import SRTask
+
+    cfg = parse_train_config(config("sr", tmp_path / "s", autoencoder=str(random_vae), max_steps=12, ema_decay=0.0,
+                                    sample_every=12))  # fmt: skip
+    task = SRTask(cfg, Accelerator(cpu=True))
+    before = _eval_loss(task.objective)
+    export = train(cfg)
+    optimizer = torch.optim.AdamW([p for p in task.objective.parameters() if p.requires_grad])
+    load_checkpoint(list_checkpoints(tmp_path / "s")[-1], task.objective, None, optimizer)
+    assert _eval_loss(task.objective) < before
     card = json.loads((export / "rsgen_model.json").read_text())
     assert card["pipeline"] == "RSSuperResolutionPipeline" and card["controls"] == ["reference"]
     pipe = RSSuperResolutionPipeline.from_bundle(export)
@@ -202,7 +214,7 @@ def test_sr_trains_and_exports(tmp_path, random_vae):
     lr = torch.rand(1, 3, 32, 32)
     out = pipe(image=lr, reference=lr, reference_strength=1.0, num_inference_steps=2, output_type="np").images
     assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
-    assert (tmp_path / "s" / "samples" / "step_000003.png").is_file()
+    assert (tmp_path / "s" / "samples" / "step_000012.png").is_file()
 
 
 def test_cli_train_dry_run(tmp_path, capsys):

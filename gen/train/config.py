@@ -50,6 +50,9 @@ class DenoiserArch:
     text_layers: int = 2
     metadata: bool = True
     controls: tuple[str, ...] = ("mask",)  # ControlNets trained jointly; () = text + metadata only
+    # The ControlNet's conditioning encoder runs at full image resolution: narrow is much cheaper, and a
+    # piecewise-constant mask needs little width (16 → 8 channels at 256² cut a training step ~1.7×).
+    control_embedding: tuple[int, ...] = (8, 16, 32, 64)
     control_prob: float = 0.7  # per sample: share of steps that see the control (the rest train the UNet alone)
     caption_dropout: float = 0.1
     metadata_dropout: float = 0.1
@@ -105,6 +108,12 @@ class TrainConfig:
     def digest(self) -> str:
         """Hash of everything that defines the run, except what may change on resume."""
         data = {k: v for k, v in self.raw.items() if k not in RESUMABLE_KEYS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def pool_digest(self) -> str:
+        """Hash of what defines the crop pool (data, size, count, seed): keys the latent cache."""
+        keys = ("data", "data_root", "resolution", "pool_size", "seed")
+        data = {k: self.raw.get(k) for k in keys}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

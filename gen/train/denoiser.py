@@ -213,7 +213,7 @@ class DenoiserTask:
             )
             controlnet = (
                 ControlNetModel.from_unet(
-                    unet, conditioning_channels=3, conditioning_embedding_out_channels=(16, 32, 64, 128)
+                    unet, conditioning_channels=3, conditioning_embedding_out_channels=arch.control_embedding
                 )
                 if arch.controls else None
             )  # fmt: skip
@@ -221,7 +221,7 @@ class DenoiserTask:
             unet, text_encoder, metadata_encoder, controlnet = self._from_bundle(config.init_from, controlnet)
         vae_file = next((p for p in sorted(Path(self.vae.config._name_or_path or ".").glob("*.safetensors"))), None)
         tag = sha256_file(vae_file)[:12] if vae_file else "vae"
-        cache = config.output_dir / "cache" / f"latents-{config.digest()}-{tag}.safetensors"
+        cache = config.output_dir / "cache" / f"latents-{config.pool_digest()}-{tag}.safetensors"
         latents = encode_pool(self.vae, pool, cache)
         tokens = self.tokenizer(
             pool.captions, padding="max_length", max_length=TOKEN_LENGTH, truncation=True, return_tensors="pt"

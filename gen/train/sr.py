@@ -130,7 +130,7 @@ class SRTask:
                               arch.text_hidden, config.resolution, 2 * latent, latent, metadata=False)  # fmt: skip
             text_encoder = build_text_encoder(self.tokenizer, arch.text_hidden, arch.text_layers)
             controlnet = ControlNetModel.from_unet(
-                unet, conditioning_channels=3, conditioning_embedding_out_channels=(16, 32, 64, 128)
+                unet, conditioning_channels=3, conditioning_embedding_out_channels=(8, 16, 32, 64)
             )
         if config.init_from is not None:
             pipe = RSSuperResolutionPipeline.from_bundle(config.init_from)
@@ -141,9 +141,9 @@ class SRTask:
                 pipe.tokenizer,
             )
         cache = config.output_dir / "cache"
-        hr = encode_pool(self.vae, pool, cache / f"hr-{config.digest()}.safetensors")
+        hr = encode_pool(self.vae, pool, cache / f"hr-{config.pool_digest()}.safetensors")
         lr_pool = TrainingPool(self.lr_images, pool.masks, pool.has_mask, pool.captions, pool.metadata, pool.sources)
-        lr_mean, _ = encode_pool(self.vae, lr_pool, cache / f"lr-{config.digest()}.safetensors")
+        lr_mean, _ = encode_pool(self.vae, lr_pool, cache / f"lr-{config.pool_digest()}-x{arch.scale}.safetensors")
         tokens = self.tokenizer(
             pool.captions, padding="max_length", max_length=TOKEN_LENGTH, truncation=True, return_tensors="pt"
         ).input_ids  # fmt: skip (N, L)
