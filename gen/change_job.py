@@ -193,7 +193,8 @@ def layout_t1(job: ChangePairJob, pipe: RSControlledPipeline, source: Path | Non
             image, image_georef = _read_image(path, semantic.shape)
             georef = image_georef or georef
             provenance.update(image=str(path), image_sha256=sha256_file(path))
-        return LayoutT1(semantic, None, job.gsd, georef, job.metadata, image, provenance)
+        metadata = job.metadata if job.metadata.gsd is not None else replace(job.metadata, gsd=job.gsd)
+        return LayoutT1(semantic, None, job.gsd, georef, metadata, image, provenance)
     rules = job.layer_rules()
     provenance: dict[str, Any] = {"layers": layout_sources(rules)}
     if source is None:  # full mode: one grid for every sample, rasterised once

@@ -592,7 +592,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     job = ChangePairJob(
         model=args.model or DEFAULT_MODEL, out=pairs, mode="full", layouts=EXAMPLE_LAYOUTS, palette="canonical",
         change=ChangeConfig(change_fraction=0.08), distractors=["illumination"], gsd=0.5,
-        prompt="aerial image of a suburb", metadata=Metadata(lat=52.37, lon=4.89, date=parse_date("2021-06-01")),
+        prompt="aerial image of a suburb", metadata=Metadata(gsd=0.5, sensor="aerial", date=parse_date("2021-06-01")),
         num_samples=args.num_samples, seed=0, steps=args.steps, guidance=3.0, layout="levir", overwrite=True,
     )  # fmt: skip
     written = run_change_pairs(job)

@@ -60,6 +60,9 @@ class ModelCard:
     palette: dict[str, Any] | None = None
     controls: list[str] = field(default_factory=list)
     inpainting: bool = False  # the UNet takes mask + masked image (9 channels)
+    # Classifier-free guidance over the controls too: the unconditional branch runs without ControlNets,
+    # so guidance amplifies what the controls add (for models trained with control dropout).
+    guide_controls: bool = False
     smoke_test: bool = False  # random weights: images are noise
     description: str = ""
     license: str = "unknown"

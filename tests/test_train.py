@@ -248,3 +248,13 @@ def test_two_process_training_through_accelerate(tmp_path):
     assert (tmp_path / "run" / "export" / "vae" / "config.json").is_file()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2  # the main process logs once per step
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    """With gradient_accumulation_steps=2 a 'step' is one optimizer update over two micro-batches."""
+    cfg = parse_train_config(config("autoencoder", tmp_path / "acc", max_steps=2, gradient_accumulation_steps=2))
+    train(cfg, export=False)
+    log = [json.loads(line) for line in (tmp_path / "acc" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    state = json.loads((list_checkpoints(tmp_path / "acc")[-1] / "state.json").read_text())
+    assert state["step"] == 2

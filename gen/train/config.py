@@ -28,7 +28,11 @@ from gen.train.data import SOURCE_KINDS, DataSource
 
 TASKS = ("autoencoder", "denoiser", "sr")
 # Keys that may change between runs in one output folder (resuming with more steps, other cadences).
-RESUMABLE_KEYS = ("max_steps", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints", "threads")
+# Export-only keys (model card text, sampling defaults) may change too: they do not touch the weights.
+RESUMABLE_KEYS = (
+    "max_steps", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints", "threads",
+    "name", "license", "description", "native_size", "guide_controls",
+)  # fmt: skip
 
 
 @dataclass
@@ -85,6 +89,7 @@ class TrainConfig:
     autoencoder: Path | None = None  # denoiser/sr: the trained VAE folder (diffusers AutoencoderKL)
     init_from: Path | None = None  # fine-tune: an rsgen bundle to start from
     resolution: int = 256
+    native_size: int | None = None  # size written to the exported model card (default: resolution)
     pool_size: int = 1024
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -100,6 +105,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # 0 disables EMA
     seed: int = 0
     threads: int | None = None
+    guide_controls: bool = False  # written to the model card: guidance also over the controls at sampling
     name: str = "rsgen-model"
     license: str = "see model card"
     description: str = ""
@@ -223,6 +229,7 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
         autoencoder=Path(str(data["autoencoder"])) if data.get("autoencoder") else None,
         init_from=Path(str(data["init_from"])) if data.get("init_from") else None,
         resolution=_number(data, "resolution", 256, int, 16),
+        native_size=_number(data, "native_size", None, int, 16),
         pool_size=_number(data, "pool_size", 1024, int, 1),
         batch_size=_number(data, "batch_size", 16, int, 1),
         gradient_accumulation_steps=_number(data, "gradient_accumulation_steps", 1, int, 1),
@@ -238,6 +245,7 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
         ema_decay=_number(data, "ema_decay", 0.999, float, 0),
         seed=_number(data, "seed", 0, int, 0),
         threads=_number(data, "threads", None, int, 1),
+        guide_controls=bool(data.get("guide_controls", False)),
         name=str(data.get("name", "rsgen-model")),
         license=str(data.get("license", "see model card")),
         description=str(data.get("description", "")),

@@ -257,6 +257,7 @@ class DenoiserTask:
             return RSText2ImagePipeline(**common)
         pipe = RSControlledPipeline(**common, controlnet=MultiControlNetModel([objective.controlnet]))
         pipe.control_names = ["mask"]
+        pipe.guide_controls = self.config.guide_controls
         return pipe
 
     @torch.no_grad()
@@ -286,11 +287,12 @@ class DenoiserTask:
         card = ModelCard(
             name=config.name,
             pipeline=type(pipe).__name__,
-            native_size=(config.resolution, config.resolution),
+            native_size=(config.native_size or config.resolution,) * 2,
             gsd_range=_gsd_range(objective.pool),
             metadata=objective.metadata_encoder.schema() if objective.metadata_encoder is not None else None,
             palette={"name": "canonical", "encoding": "color"} if arch.controls else None,
             controls=list(arch.controls),
+            guide_controls=config.guide_controls and bool(arch.controls),
             description=config.description or f"Trained by `rsgen train` ({summary['steps']} steps).",
             license=config.license,
         )

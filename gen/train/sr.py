@@ -183,7 +183,7 @@ class SRTask:
         ModelCard(
             name=config.name,
             pipeline="RSSuperResolutionPipeline",
-            native_size=(config.resolution, config.resolution),
+            native_size=(config.native_size or config.resolution,) * 2,
             bands=["red", "green", "blue"],
             controls=["reference"],
             description=config.description or f"Reference-guided SR ×{config.model.scale}, trained by `rsgen train`.",

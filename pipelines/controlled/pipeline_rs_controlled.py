@@ -92,6 +92,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         )  # fmt: skip
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.control_names: list[str] = [f"control_{i}" for i in range(len(controlnet.nets))]
+        self.guide_controls = False  # set from rsgen_model.json by from_bundle
 
     @classmethod
     def from_bundle(
@@ -105,6 +106,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 "ControlNet(s); list one name per ControlNet, in order"
             )
         pipe.control_names = names
+        pipe.guide_controls = bool(pipe.model_card.guide_controls)
         return pipe
 
     @property
@@ -233,11 +235,16 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             start, end = control_guidance.get(name, (0.0, 1.0))
             if not start <= fraction < end:
                 continue
+            guided = do_cfg and self.guide_controls
+            half = slice(model_in.shape[0] // 2, None) if guided else slice(None)  # guided: conditional half only
             d, m = self.controlnet.nets[index](
-                model_in, t, encoder_hidden_states=text_embeds, controlnet_cond=cond_images[name],
-                conditioning_scale=float(control_scales.get(name, 1.0)), class_labels=metadata_embeds,
-                return_dict=False,
+                model_in[half], t, encoder_hidden_states=text_embeds[half], controlnet_cond=cond_images[name][half],
+                conditioning_scale=float(control_scales.get(name, 1.0)),
+                class_labels=None if metadata_embeds is None else metadata_embeds[half], return_dict=False,
             )  # fmt: skip
+            if guided:  # the unconditional half gets no control residuals: guidance amplifies the control
+                d = [torch.cat([torch.zeros_like(r), r]) for r in d]
+                m = torch.cat([torch.zeros_like(m), m])
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         pred = self.unet(
