@@ -23,27 +23,10 @@ from conditions.masks import SemanticMask, encode_color
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, get_palette
 from gen.assets import EXAMPLE_LAYOUTS
+from gen.train.evaluate import mask_following
 from pipelines.controlled import RSControlledPipeline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-ID = {c.name: c.id for c in CANONICAL.classes}
-GROUPS = {"building": [ID["building"]], "road": [ID["road"]], "water": [ID["water"]],
-          "vegetation": [ID["tree"], ID["low_vegetation"]], "agriculture": [ID["agriculture"]]}  # fmt: skip
-
-
-def grouped(mask: np.ndarray) -> np.ndarray:
-    out = np.full(mask.shape, -1, np.int64)
-    for k, ids in enumerate(GROUPS.values()):
-        out[np.isin(mask, ids)] = k
-    return out
-
-
-def nearest_mean_accuracy(image: np.ndarray, labels: np.ndarray) -> float:
-    pixels, y = image.reshape(-1, 3).astype(np.float64), labels.ravel()
-    classes = [k for k in np.unique(y) if k >= 0 and (y == k).sum() > 50]
-    means = np.stack([pixels[y == k].mean(0) for k in classes])  # (K, 3)
-    pred = np.asarray(classes)[np.argmin(((pixels[:, None] - means[None]) ** 2).sum(-1), axis=1)]
-    return float(np.mean([(pred[y == k] == k).mean() for k in classes]))
 
 
 def layouts() -> list[tuple[str, np.ndarray]]:
@@ -78,9 +61,7 @@ def main() -> None:
                        guidance_scale=args.guidance, generator=torch.Generator().manual_seed(0),
                        output_type="np").images[0]  # fmt: skip
             image = (out * 255).round().astype(np.uint8)
-            labels = grouped(mask)
-            acc = nearest_mean_accuracy(image, labels)
-            chance = max(nearest_mean_accuracy(image, np.rot90(labels, k)) for k in (1, 2))
+            acc, chance = mask_following(image, mask)
             accs.append(acc)
             chances.append(chance)
             print(f"scale {scale:g}  {name:28s} accuracy {acc:.3f}  chance {chance:.3f}")

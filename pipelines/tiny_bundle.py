@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from pipelines.controlled.pipeline_rs_controlled import RSControlledPipeline
 from pipelines.super_resolution.pipeline_rs_sr import RSSuperResolutionPipeline
 from pipelines.text2img.pipeline_rs_text2img import RSText2ImagePipeline
 from pipelines.tiny_tokenizer import build_tiny_clip_tokenizer
+from synth_datasets.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -271,9 +270,7 @@ def build_tiny_bundle(
         pipe = build_tiny_controlled_pipeline(config)
     else:
         pipe = build_tiny_pipeline(config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".rsgen-tmp-bundle-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         pipe.model_card.write(staging)
         (staging / "README.md").write_text(
@@ -281,11 +278,5 @@ def build_tiny_bundle(
             "Built by `rsgen model init-tiny` to run rsgen end to end without downloading weights.\n",
             encoding="utf-8",
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.warning("built %s at %s (%s)", pipe.model_card.name, out_dir, SMOKE_TEST_WARNING)
     return out_dir

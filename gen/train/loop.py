@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +36,7 @@ from torch import nn
 
 from gen.progress import progress
 from gen.train.config import TrainConfig
-from synth_datasets.atomic import atomic_write_text
+from synth_datasets.atomic import atomic_dir, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,20 +108,12 @@ def save_checkpoint(
     state: dict[str, Any], keep: int,
 ) -> Path:  # fmt: skip
     final = out_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=final.parent))
-    try:
+    with atomic_dir(final) as staging:
         save_file(trainable_state(module), str(staging / "weights.safetensors"))
         if ema is not None:
             save_file({n: t.contiguous() for n, t in ema.shadow.items()}, str(staging / "ema.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in list_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -290,16 +280,9 @@ def run_training(
             "batch_size": config.batch_size, "resolution": config.resolution, "history": history,
             "config": config.raw,
         }  # fmt: skip
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
-        try:
+        with atomic_dir(export_dir) as staging:
             task.export(module, staging, summary)
             atomic_write_text(staging / "training.json", json.dumps(summary, indent=1, default=str) + "\n")
-            if export_dir.exists():
-                shutil.rmtree(export_dir)
-            os.replace(staging, export_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         logger.info("exported %s", export_dir)
     accelerator.wait_for_everyone()
     return export_dir
