@@ -67,8 +67,9 @@ def main() -> None:
         noisy = noise_schedule.add_noise(latents, noise, t)
         text = obj.text_encoder(obj.tokens[index])[0]
         cond = control_images(obj.pool.masks[index])
-        down, mid = obj.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
         metadata = obj.metadata_encoder.encode([None] * len(t))
+        down, mid = obj.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, class_labels=metadata,
+                                   return_dict=False)  # fmt: skip
         pred = obj.unet(noisy, t, encoder_hidden_states=text, class_labels=metadata,
                         down_block_additional_residuals=down, mid_block_additional_residual=mid).sample  # fmt: skip
         loss = F.mse_loss(pred, noise)
