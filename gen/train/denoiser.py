@@ -94,6 +94,26 @@ def control_images(masks: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
 
 
+def noised_latents(
+    mean: torch.Tensor, std: torch.Tensor, scaling: float, schedule: DDPMScheduler, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample latents from cached posteriors (B, C, h, w) and noise them: (noisy, noise, timesteps)."""
+    device = mean.device
+    eps = torch.randn(mean.shape, generator=gen).to(device)
+    latents = (mean + std * eps) * scaling  # (B, C, h, w)
+    noise = torch.randn(latents.shape, generator=gen).to(device)
+    t = torch.randint(0, schedule.config.num_train_timesteps, (len(latents),), generator=gen)
+    return schedule.add_noise(latents, noise, t), noise, t.to(device)
+
+
+def eps_loss(
+    pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: DDPMScheduler, gamma: float
+) -> torch.Tensor:
+    """Min-SNR-weighted ε-prediction MSE (a scalar)."""
+    per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    return (per_sample * min_snr_weights(schedule.alphas_cumprod, t.cpu(), gamma).to(pred.device)).mean()
+
+
 @torch.no_grad()
 def encode_pool(
     vae: AutoencoderKL, pool: TrainingPool, cache: Path | None, batch: int = 16
@@ -146,12 +166,9 @@ class DenoiserObjective(nn.Module):
         index = rng.integers(0, len(self.pool), batch)
         device = self.latent_mean.device
         gen = step_generator(self.seed, process, step)
-        eps = torch.randn(self.latent_mean[index].shape, generator=gen)
-        latents = (self.latent_mean[index] + self.latent_std[index] * eps.to(device)) * self.scaling  # (B, C, h, w)
-        noise = torch.randn(latents.shape, generator=gen).to(device)
-        t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (batch,), generator=gen)
-        noisy = self.noise_schedule.add_noise(latents, noise, t)  # (B, C, h, w)
-        t = t.to(device)
+        noisy, noise, t = noised_latents(
+            self.latent_mean[index], self.latent_std[index], self.scaling, self.noise_schedule, gen
+        )  # (B, C, h, w)
 
         drop_caption = torch.from_numpy(rng.random(batch) < arch.caption_dropout).to(device)
         ids = torch.where(drop_caption[:, None], self.empty_tokens[None], self.tokens[index])  # (B, L)
@@ -184,9 +201,7 @@ class DenoiserObjective(nn.Module):
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample  # fmt: skip (B, C, h, w)
-        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-        weights = min_snr_weights(self.noise_schedule.alphas_cumprod, t.cpu(), arch.snr_gamma).to(device)
-        return (per_sample * weights).mean()
+        return eps_loss(pred, noise, t, self.noise_schedule, arch.snr_gamma)
 
 
 def _gsd_range(pool: TrainingPool) -> tuple[float, float] | None:

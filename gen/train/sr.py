@@ -32,10 +32,12 @@ from gen.train.denoiser import (
     build_text_encoder,
     build_unet,
     encode_pool,
+    eps_loss,
     inference_scheduler,
+    noised_latents,
     training_scheduler,
 )
-from gen.train.loop import image_grid, min_snr_weights, step_generator, step_rng
+from gen.train.loop import image_grid, step_generator, step_rng
 from pipelines.bundle import ModelCard
 from pipelines.super_resolution.pipeline_rs_sr import RSSuperResolutionPipeline
 from pipelines.tiny_tokenizer import build_tiny_clip_tokenizer
@@ -88,12 +90,9 @@ class SRObjective(nn.Module):
         index = rng.integers(0, len(self.pool), batch)
         device = self.hr_mean.device
         gen = step_generator(self.seed, process, step)
-        eps = torch.randn(self.hr_mean[index].shape, generator=gen).to(device)
-        target = (self.hr_mean[index] + self.hr_std[index] * eps) * self.scaling  # (B, C, h, w)
-        noise = torch.randn(target.shape, generator=gen).to(device)
-        t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (batch,), generator=gen)
-        noisy = self.noise_schedule.add_noise(target, noise, t)
-        t = t.to(device)
+        noisy, noise, t = noised_latents(
+            self.hr_mean[index], self.hr_std[index], self.scaling, self.noise_schedule, gen
+        )
         model_in = torch.cat([noisy, self.lr_latent[index] * self.scaling], dim=1)  # (B, 2C, h, w)
         drop = torch.from_numpy(rng.random(batch) < 0.5).to(device)  # SR runs mostly without a prompt
         text = self.text_encoder(torch.where(drop[:, None], self.empty_tokens[None], self.tokens[index]))[0]
@@ -110,9 +109,7 @@ class SRObjective(nn.Module):
             down_block_additional_residuals=[d * gate for d in down],
             mid_block_additional_residual=mid * gate,
         ).sample  # fmt: skip (B, C, h, w)
-        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-        weights = min_snr_weights(self.noise_schedule.alphas_cumprod, t.cpu(), arch.snr_gamma).to(device)
-        return (per_sample * weights).mean()
+        return eps_loss(pred, noise, t, self.noise_schedule, arch.snr_gamma)
 
 
 class SRTask:
