@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--overlap", type=int, default=32, help="tile overlap in output pixels (default 32)")
     sr.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     sr.add_argument("--guidance", type=float, default=1.0, help="text guidance scale (default 1 = off)")
+    sr.add_argument(
+        "--strength", type=float,
+        help="in (0, 1]: 1 samples from pure noise, lower starts from the noised LR (default: the model card's)",
+    )  # fmt: skip
+    sr.add_argument(
+        "--no-lr-consistency", dest="lr_consistency", action="store_false",
+        help="let the model change the image below the LR's resolution (default: keep the LR there, add detail)",
+    )  # fmt: skip
     sr.add_argument("--seed", type=int, default=0, help="job seed; tile k uses a seed derived from (seed, k)")
     sr.add_argument(
         "--radiometry", default="auto", choices=("auto", "uint8", "reflectance", "float"),
@@ -358,7 +366,8 @@ def _cmd_sr(args: argparse.Namespace) -> int:
         model=args.model, lr=args.lr, out=args.out, scale=args.scale, bands=args.bands, ref=args.ref,
         ref_bands=args.ref_bands, ref_strength=args.ref_strength, ref_strength_map=args.ref_strength_map,
         prompt=args.prompt, tile=args.tile, overlap=args.overlap, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, radiometry=args.radiometry, allow_pickle=args.allow_pickle, device=args.device,
+        strength=args.strength, lr_consistency=args.lr_consistency, seed=args.seed, radiometry=args.radiometry,
+        allow_pickle=args.allow_pickle, device=args.device,
         overwrite=args.overwrite,
     )  # fmt: skip
     path = run_sr(job)

@@ -232,7 +232,9 @@ def _sr_job(spec: JobSpec, ctx: TaskContext, index: int, shard_dir: Path) -> Any
     return SRJob(
         model=spec.model, lr=cond["lr"], out=shard_dir / f"{index:08d}.tif", scale=float(lr["scale"]),
         bands=lr.get("bands"), ref=Path(lr["ref"]) if lr.get("ref") else None,
-        ref_strength=float(lr.get("ref_strength", 0.5)), tile=lr.get("tile"), overlap=int(lr.get("overlap", 32)),
+        ref_strength=float(lr.get("ref_strength", 0.5)),
+        strength=float(lr["strength"]) if lr.get("strength") is not None else None,
+        lr_consistency=bool(lr.get("lr_consistency", True)), tile=lr.get("tile"), overlap=int(lr.get("overlap", 32)),
         prompt=cond["prompt"], steps=spec.steps, guidance=float(spec.raw.get("guidance", 1.0)),
         seed=sample_seed(spec.seed, index),
         overwrite=True,

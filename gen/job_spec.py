@@ -296,9 +296,14 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
             raise _err("lr", "task sr needs lr: {files: [PATH, ...], scale: FACTOR}")
         if not isinstance(lr["scale"], int | float) or lr["scale"] < 1:
             raise _err("lr.scale", f"expected a factor >= 1, got {lr['scale']!r}")
-        unknown_lr = sorted(set(lr) - {"files", "scale", "bands", "ref", "ref_strength", "tile", "overlap"})
+        lr_keys = ("files", "scale", "bands", "ref", "ref_strength", "strength", "lr_consistency", "tile", "overlap")
+        unknown_lr = sorted(set(lr) - set(lr_keys))
         if unknown_lr:
-            raise _err(f"lr.{unknown_lr[0]}", "unknown key; use files, scale, bands, ref, ref_strength, tile, overlap")
+            raise _err(f"lr.{unknown_lr[0]}", f"unknown key; use {', '.join(lr_keys)}")
+        if lr.get("strength") is not None and (
+            not isinstance(lr["strength"], int | float) or not 0 < lr["strength"] <= 1
+        ):
+            raise _err("lr.strength", f"expected a number in (0, 1], got {lr['strength']!r}")
         if fmt != "geotiff":
             fmt = "geotiff"  # SR always writes GeoTIFF
     elif lr is not None:

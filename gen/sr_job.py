@@ -63,6 +63,8 @@ class SRJob:
     overlap: int = 32
     steps: int = 20
     guidance: float = 1.0
+    strength: float | None = None  # None: the model card's sr_strength
+    lr_consistency: bool = True  # keep the LR below its resolution; the model adds only finer detail
     seed: int = 0
     radiometry: str = "auto"
     allow_pickle: bool = False
@@ -74,6 +76,8 @@ class SRJob:
             raise ValueError(f"scale={self.scale!r}: expected a factor >= 1 (e.g. 2, 4, 6, 10)")
         if self.ref_strength < 0 or not math.isfinite(self.ref_strength):
             raise ValueError(f"ref_strength={self.ref_strength!r}: expected a number >= 0 (0 ignores the reference)")
+        if self.strength is not None and not 0 < self.strength <= 1:
+            raise ValueError(f"strength={self.strength!r}: expected a number in (0, 1] (1 = start from pure noise)")
         if self.overlap < 0:
             raise ValueError(f"overlap={self.overlap}: expected >= 0 pixels")
         if Path(self.out).suffix.lower() not in (".tif", ".tiff"):
@@ -102,6 +106,8 @@ def provenance(job: SRJob, pipe: RSSuperResolutionPipeline, grid: OutputGrid, **
         "prompt": job.prompt,
         "steps": job.steps,
         "guidance_scale": job.guidance,
+        "strength": job.strength if job.strength is not None else pipe.model_card.sr_strength,
+        "lr_consistency": job.lr_consistency,
         "job_seed": job.seed,
         "tile_seed": "sample_seed(job_seed, tile_index), tiles in row-major order",
         "output": {
@@ -211,6 +217,8 @@ def run_sr(job: SRJob, pipe: RSSuperResolutionPipeline | None = None) -> Path:
                         prompt=job.prompt,
                         num_inference_steps=job.steps,
                         guidance_scale=job.guidance,
+                        strength=job.strength if job.strength is not None else pipe.model_card.sr_strength,
+                        lr_scale=job.scale if job.lr_consistency else None,
                         generator=sample_generators(job.seed, [index]),
                         output_type="pt",
                     ).images[0]  # fmt: skip  (bands, th, tw)

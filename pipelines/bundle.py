@@ -63,6 +63,9 @@ class ModelCard:
     # Classifier-free guidance over the controls too: the unconditional branch runs without ControlNets,
     # so guidance amplifies what the controls add (for models trained with control dropout).
     guide_controls: bool = False
+    # SR bundles: the pipeline ``strength`` `rsgen sr` uses unless told otherwise (1 = from pure noise;
+    # lower = start from the noised LR latent, for models that are weak from pure noise).
+    sr_strength: float = 1.0
     smoke_test: bool = False  # random weights: images are noise
     description: str = ""
     license: str = "unknown"
@@ -79,6 +82,8 @@ class ModelCard:
                     f"{MODEL_CARD_FILE}: gsd_range={self.gsd_range!r}: expected [min, max], 0 < min <= max"
                 )
             self.gsd_range = (low, high)
+        if not 0 < float(self.sr_strength) <= 1:
+            raise BundleError(f"{MODEL_CARD_FILE}: sr_strength={self.sr_strength!r}: expected a number in (0, 1]")
         if self.format_version > CARD_FORMAT_VERSION:
             raise BundleError(
                 f"{MODEL_CARD_FILE}: format_version={self.format_version} is newer than this rsgen understands "

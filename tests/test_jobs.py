@@ -229,6 +229,10 @@ def test_layout_and_sr_jobs_on_real_data(tmp_path):
     assert entries[0]["sha256"] != entries[1]["sha256"]  # different per-sample seeds
     with pytest.raises(SpecError, match=r"lr\.scale: expected a factor >= 1"):
         validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 0.5}})
+    with pytest.raises(SpecError, match=r"lr\.strength: expected a number in \(0, 1\], got 0"):
+        validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 2, "strength": 0}})
+    with pytest.raises(SpecError, match=r"lr\.strenght: unknown key; use files, .*strength, lr_consistency"):
+        validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 2, "strenght": 0.5}})
     with pytest.raises(SpecError, match=r"layouts\.gsd: expected a positive GSD"):
         validate_spec({**layout, "layouts": {"files": ["a.geojson"], "gsd": 0}})
 

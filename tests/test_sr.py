@@ -109,6 +109,53 @@ def test_pipeline_check_inputs(sr_pipe, kwargs, match):
         sr_pipe(**{**call, **kwargs})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"strength": 0.0}, r"strength=0\.0: expected a number in \(0, 1\]"),
+        ({"strength": 1.5}, r"strength=1\.5: expected a number in \(0, 1\]"),
+        ({"strength": 0.2, "num_inference_steps": 4}, r"strength=0\.2 × num_inference_steps=4 runs no denoising step"),
+        ({"lr_scale": 0.5}, r"lr_scale=0\.5: expected the LR → output factor, >= 1"),
+    ],
+)
+def test_pipeline_strength_and_lr_scale_errors(sr_pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sr_pipe(torch.rand(1, 3, 64, 64), **{"num_inference_steps": 2, **kwargs})
+
+
+def test_strength_starts_from_the_lr_latent(sr_pipe):
+    """strength < 1 runs only the tail of the schedule from the noised LR latent: deterministic,
+    different from sampling from pure noise, and closer to the LR image the lower it is."""
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    run = lambda s: sr_pipe(image, num_inference_steps=10, strength=s, generator=sample_generators(0, range(2)),  # noqa: E731
+                            output_type="latent").images  # fmt: skip
+    lr_latent = sr_pipe.vae.encode(image * 2 - 1).latent_dist.mode() * sr_pipe.vae.config.scaling_factor
+    full, mid, low = run(1.0), run(0.5), run(0.1)
+    assert torch.equal(mid, run(0.5)) and not torch.allclose(full, mid)
+    distance = [float((x - lr_latent).abs().mean()) for x in (full, mid, low)]
+    assert distance[2] < distance[1] < distance[0]
+
+
+def test_lr_consistency_keeps_the_lr_and_adds_only_detail(sr_pipe):
+    """With lr_scale, area-averaging the output by the scale gives back (close to) the LR, whatever the
+    model makes; without it the model's own low frequencies come through."""
+    from pipelines.super_resolution.pipeline_rs_sr import lr_consistent
+
+    g = torch.Generator().manual_seed(4)
+    lr = torch.rand(2, 3, 16, 16, generator=g) * 0.4 + 0.3  # (2, 3, 16, 16), bicubic overshoot stays in [0, 1]
+    image = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)  # (2, 3, 64, 64)
+    x = torch.rand(2, 3, 64, 64, generator=g) * 0.2 + 0.4  # an unrelated "model output"
+    out = lr_consistent(x, image, 4)
+    down = lambda t: torch.nn.functional.avg_pool2d(t, 4)  # noqa: E731
+    assert float((down(out) - down(image)).abs().max()) < 0.1 * float((down(x) - down(image)).abs().max())
+    detail = (out - image) - (x - torch.nn.functional.interpolate(down(x), scale_factor=4, mode="bicubic"))
+    assert float(detail.abs().max()) < 1e-5  # out = image + (x − its own low-pass), nothing else
+    made = sr_pipe(image, num_inference_steps=2, generator=sample_generators(0, range(2)), output_type="pt")
+    kept = sr_pipe(image, num_inference_steps=2, generator=sample_generators(0, range(2)), output_type="pt", lr_scale=4)
+    err = lambda o: float((down(o.images) - down(image)).abs().mean())  # noqa: E731
+    assert err(kept) < 0.25 * err(made)
+
+
 def test_sr_bundle_is_not_a_text2img_bundle(sr_bundle, tiny_bundle):
     from pipelines import RSText2ImagePipeline
 
@@ -186,8 +233,9 @@ def test_uint16_without_crs_and_one_tile_equals_untiled(sr_bundle, sr_pipe, tmp_
         source = RasterSource(src, [1, 2, 3], grid, radiometry=Radiometry.infer("uint16"))
         image, _ = source.read_on_grid(Window(0, 0, 64, 64))
     untiled = sr_pipe(
-        torch.from_numpy(image)[None], num_inference_steps=STEPS, generator=sample_generators(5, [0]), output_type="pt"
-    ).images[0]
+        torch.from_numpy(image)[None], num_inference_steps=STEPS, generator=sample_generators(5, [0]), output_type="pt",
+        lr_scale=2,
+    ).images[0]  # fmt: skip
     assert np.array_equal(tiled, Radiometry.infer("uint16").from_unit(untiled.numpy()))
 
 
@@ -276,6 +324,22 @@ def test_cli_sr_end_to_end(sr_bundle, tmp_path, capsys):
     with rasterio.open(tmp_path / "hr.tif") as hr:
         assert (hr.width, hr.height) == (48, 48) and hr.res == pytest.approx((5 / 3, 5 / 3))
     assert main(args) == 2  # exists: refused without --overwrite
+
+
+def test_job_strength_defaults_to_the_model_card_and_is_recorded(sr_bundle, tmp_path):
+    lr = crop(shared_file(NAIP_2020), tmp_path / "lr.tif", Window(0, 0, 16, 16))
+    card = json.loads((sr_bundle / "rsgen_model.json").read_text())
+    outs, sidecars = {}, {}
+    for name, kwargs in (("card", {}), ("half", {"strength": 0.5}), ("free", {"lr_consistency": False})):
+        path = run_sr(job(sr_bundle, lr, tmp_path / f"{name}.tif", steps=4, **kwargs))
+        with rasterio.open(path) as src:
+            outs[name] = src.read().astype(int)
+        sidecars[name] = json.loads(path.with_suffix(".json").read_text())
+    assert card["sr_strength"] == 1.0 and sidecars["card"]["strength"] == 1.0
+    assert sidecars["half"]["strength"] == 0.5 and sidecars["free"]["lr_consistency"] is False
+    assert np.abs(outs["card"] - outs["half"]).max() > 0 and np.abs(outs["card"] - outs["free"]).max() > 0
+    with pytest.raises(ValueError, match=r"strength=1\.5: expected a number in \(0, 1\]"):
+        run_sr(job(sr_bundle, lr, tmp_path / "bad.tif", strength=1.5))
 
 
 @pytest.mark.slow

@@ -155,6 +155,26 @@ def test_autoencoder_trains_resumes_bit_identically_and_exports(tmp_path):
         train(parse_train_config(config("autoencoder", tmp_path / "a", learning_rate=5e-4)))
 
 
+def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path, random_vae):
+    """model.train_encoder: false trains the decoder from init_from and leaves encoder, quant_conv and
+    scaling_factor exactly as they were, so denoisers trained on that VAE stay valid."""
+    from diffusers import AutoencoderKL
+
+    before = AutoencoderKL.from_pretrained(random_vae)
+    cfg = config("autoencoder", tmp_path / "dec", init_from=str(random_vae), max_steps=3,
+                 model={"channels": [16, 16, 32, 32], "latent_channels": 8, "train_encoder": False})  # fmt: skip
+    after = AutoencoderKL.from_pretrained(train(parse_train_config(cfg)) / "vae")
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    trained = [k for k in old if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained and all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any(not torch.equal(old[k], new[k]) for k in trained)
+    assert after.config.scaling_factor == before.config.scaling_factor
+    with pytest.raises(SpecError, match=r"model\.train_encoder: false \(decoder-only fine-tuning\) needs init_from"):
+        parse_train_config(config("autoencoder", tmp_path / "x", model={"channels": [16, 16, 32, 32],
+                                                                         "train_encoder": False}))  # fmt: skip
+
+
 @torch.no_grad()
 def _eval_loss(objective: torch.nn.Module) -> float:
     """The loss on one fixed batch (step 10**6: same crops, noise and timesteps every call)."""

@@ -3,6 +3,10 @@
 Loss = L1 + MSE on pixels + ``edge_weight`` · L1 on image gradients + ``kl_weight`` · KL. The
 export is a diffusers VAE folder whose ``scaling_factor`` is 1 / (std of the latents on the pool),
 so the denoiser sees unit-variance latents, as Stable Diffusion does.
+
+With ``model.train_encoder: false`` only the decoder (and ``post_quant_conv``) is trained from
+``init_from``: the encoder is frozen, so latents, ``scaling_factor`` and every model trained on them
+stay valid (Stable Diffusion's ft-MSE decoders were made this way).
 """
 
 from __future__ import annotations
@@ -83,13 +87,19 @@ class AutoencoderObjective(nn.Module):
         index = rng.integers(0, len(self.pool), self.batch_size)
         device = next(self.vae.parameters()).device
         x = to_tensor(self.pool.images[index]).to(device)  # (B, 3, H, W)
-        posterior = self.vae.encode(x).latent_dist
+        if self.arch.train_encoder:
+            posterior = self.vae.encode(x).latent_dist
+        else:
+            with torch.no_grad():
+                posterior = self.vae.encode(x).latent_dist
         z = posterior.sample(generator=step_generator(self.seed, process, step, device))  # (B, C, H/8, W/8)
         recon = self.vae.decode(z).sample  # (B, 3, H, W)
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
         if self.arch.edge_weight:
             (ry, rx), (xy, xx) = _gradients(recon), _gradients(x)
             loss = loss + self.arch.edge_weight * (F.l1_loss(ry, xy) + F.l1_loss(rx, xx))
+        if not self.arch.train_encoder:
+            return loss
         return loss + self.arch.kl_weight * posterior.kl().mean()
 
 
@@ -102,6 +112,11 @@ class AutoencoderTask:
             vae = build_autoencoder(config.model, config.resolution)  # type: ignore[arg-type]
         if config.init_from is not None:
             vae = load_autoencoder(config.init_from).requires_grad_(True).train()
+        self.frozen_scaling_factor: float | None = None
+        if not config.model.train_encoder:  # type: ignore[union-attr]
+            vae.encoder.requires_grad_(False).eval()
+            vae.quant_conv.requires_grad_(False)
+            self.frozen_scaling_factor = float(vae.config.scaling_factor)
         self.objective = AutoencoderObjective(vae, pool, config)
         self.preview = pool.images[np.linspace(0, len(pool) - 1, 6).astype(int)]
 
@@ -128,11 +143,13 @@ class AutoencoderTask:
             recon = vae.decode(z).sample
             errors.append(F.mse_loss((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2).item())
         std = float(torch.cat(latents).std())
-        vae.register_to_config(scaling_factor=1.0 / std)
+        # A frozen encoder keeps the latent space: keep its scaling factor so trained denoisers still fit.
+        scaling = self.frozen_scaling_factor if self.frozen_scaling_factor is not None else 1.0 / std
+        vae.register_to_config(scaling_factor=scaling)
         summary["latent_std"] = std
         summary["reconstruction_psnr_db"] = float(-10 * np.log10(max(float(np.mean(errors)), 1e-12)))
         vae.save_pretrained(out_dir / "vae", safe_serialization=True)
-        logger.info("autoencoder: latent std %.3f → scaling_factor %.4f", std, 1 / std)
+        logger.info("autoencoder: latent std %.3f → scaling_factor %.4f", std, scaling)
 
 
 __all__ = ["AutoencoderTask", "build_autoencoder", "load_autoencoder", "to_tensor", "to_uint8"]

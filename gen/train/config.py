@@ -31,7 +31,7 @@ TASKS = ("autoencoder", "denoiser", "sr")
 # Export-only keys (model card text, sampling defaults) may change too: they do not touch the weights.
 RESUMABLE_KEYS = (
     "max_steps", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints", "threads",
-    "name", "license", "description", "native_size", "guide_controls",
+    "name", "license", "description", "native_size", "guide_controls", "sr_strength",
 )  # fmt: skip
 
 
@@ -42,6 +42,9 @@ class AutoencoderArch:
     latent_channels: int = 4
     kl_weight: float = 1e-6
     edge_weight: float = 0.5  # L1 on image gradients: sharper reconstructions than pixel L1 alone
+    # False: fine-tune the decoder only (needs init_from). The latent space, and with it every denoiser
+    # and SR model trained on this VAE, stays valid: the export keeps the scaling_factor of init_from.
+    train_encoder: bool = True
 
 
 @dataclass
@@ -106,6 +109,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     guide_controls: bool = False  # written to the model card: guidance also over the controls at sampling
+    sr_strength: float = 1.0  # task sr: written to the model card, the default `rsgen sr --strength`
     name: str = "rsgen-model"
     license: str = "see model card"
     description: str = ""
@@ -246,11 +250,17 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
         seed=_number(data, "seed", 0, int, 0),
         threads=_number(data, "threads", None, int, 1),
         guide_controls=bool(data.get("guide_controls", False)),
+        sr_strength=_number(data, "sr_strength", 1.0, float, 0),
         name=str(data.get("name", "rsgen-model")),
         license=str(data.get("license", "see model card")),
         description=str(data.get("description", "")),
         raw=data,
     )
+    if isinstance(config.model, AutoencoderArch) and not config.model.train_encoder and config.init_from is None:
+        raise _err("model.train_encoder", "false (decoder-only fine-tuning) needs init_from=VAE_DIR: the trained "
+                   "autoencoder whose encoder is kept")  # fmt: skip
+    if not 0 < config.sr_strength <= 1:
+        raise _err("sr_strength", f"{config.sr_strength}: expected in (0, 1] (1 = SR from pure noise)")
     if config.resolution % 16:
         raise _err("resolution", f"{config.resolution}: expected a multiple of 16 (VAE ×8, UNet ×2)")
     if not config.ema_decay < 1:

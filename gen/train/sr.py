@@ -183,6 +183,7 @@ class SRTask:
             native_size=(config.native_size or config.resolution,) * 2,
             bands=["red", "green", "blue"],
             controls=["reference"],
+            sr_strength=config.sr_strength,
             description=config.description or f"Reference-guided SR ×{config.model.scale}, trained by `rsgen train`.",
             license=config.license,
         ).write(out_dir)

@@ -50,6 +50,16 @@ class RSSuperResolutionPipelineOutput(BaseOutput):
     images: np.ndarray | torch.Tensor | list[PIL.Image.Image]
 
 
+def lr_consistent(x: torch.Tensor, image: torch.Tensor, lr_scale: float) -> torch.Tensor:
+    """(B, bands, H, W) model output ``x`` and up-sampled LR ``image`` in [0, 1] → ``x`` with its
+    content below the LR's resolution replaced by ``image``'s: ``image + x − up(down(x))``."""
+    height, width = x.shape[-2:]
+    low_size = (max(1, round(height / lr_scale)), max(1, round(width / lr_scale)))
+    low = F.interpolate(x, size=low_size, mode="area")  # (B, bands, H/s, W/s)
+    low = F.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)  # (B, bands, H, W)
+    return (image + x - low).clamp(0, 1)
+
+
 class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->metadata_encoder->vae->controlnet->unet->vae"
     _optional_components = ["metadata_encoder"]
@@ -188,12 +198,34 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         return_dict: bool = True,
+        strength: float = 1.0,
+        lr_scale: float | None = None,
     ) -> RSSuperResolutionPipelineOutput | tuple:
+        """``strength`` < 1 starts from the up-sampled LR latent noised to that share of the schedule
+        (as diffusers' img2img does) and runs only the last ``int(num_inference_steps * strength)``
+        steps: outputs stay closer to the LR image, and a weak model cannot drift far from it.
+
+        ``lr_scale`` (the LR → output factor of ``image``) turns on LR consistency: the output keeps
+        ``image`` below the LR's resolution and takes only the finer detail from the model,
+        ``out = image + x − up(down(x))`` with ``down`` = area averaging by ``lr_scale`` and ``up`` =
+        bicubic (a range/null-space split, as in DDNM). Area-averaging the output by ``lr_scale`` then
+        gives back (close to) the LR: the model cannot shift radiometry, only add detail."""
         # 1. Check inputs
         self.check_inputs(
             image, reference, reference_strength, prompt, metadata, num_inference_steps, guidance_scale,
             output_type, generator,
         )  # fmt: skip
+        if not isinstance(strength, int | float) or not 0 < strength <= 1:
+            raise ValueError(f"strength={strength!r}: expected a number in (0, 1] (1 = start from pure noise)")
+        if int(num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"strength={strength} × num_inference_steps={num_inference_steps} runs no denoising step; "
+                "raise either so that their product is >= 1"
+            )
+        if lr_scale is not None and (not isinstance(lr_scale, int | float) or not 1 <= lr_scale < image.shape[-1]):
+            raise ValueError(
+                f"lr_scale={lr_scale!r}: expected the LR → output factor, >= 1 (None disables LR consistency)"
+            )
         batch = image.shape[0]
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
@@ -214,27 +246,38 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
         dtype = self.unet.dtype
         lr = image.to(device=device, dtype=self.vae.dtype) * 2 - 1  # (B, bands, H, W) in [-1, 1]
         lr_latent = self.vae.encode(lr).latent_dist.mode() * self.vae.config.scaling_factor  # (B, C, h, w)
+        start_latent = lr_latent
         lr_latent = torch.cat([lr_latent] * 2) if do_cfg else lr_latent  # (nB, C, h, w)
         if use_reference:
             ref = reference.to(device=device, dtype=dtype)  # (B, bands, H, W) in [0, 1]
             ref = torch.cat([ref] * 2) if do_cfg else ref
-            strength = reference_strength
-            if isinstance(strength, torch.Tensor):
-                strength = strength.to(device)
-                strength = torch.cat([strength] * 2) if do_cfg else strength  # (nB, 1, H, W)
+            ref_strength = reference_strength
+            if isinstance(ref_strength, torch.Tensor):
+                ref_strength = ref_strength.to(device)
+                ref_strength = torch.cat([ref_strength] * 2) if do_cfg else ref_strength  # (nB, 1, H, W)
 
-        # 3. Timesteps
+        # 3. Timesteps (the last int(steps · strength) of them)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if strength < 1:
+            skip = (num_inference_steps - int(num_inference_steps * strength)) * self.scheduler.order
+            timesteps = timesteps[skip:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(skip)
 
-        # 4. Latents
+        # 4. Latents: pure noise, or the LR latent noised to the first kept timestep
         shape = (batch, self.vae.config.latent_channels, lr_latent.shape[-2], lr_latent.shape[-1])
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
-        latents = latents * self.scheduler.init_noise_sigma
+        if strength < 1:
+            start = timesteps[:1].repeat(batch)  # (B,)
+            latents = self.scheduler.add_noise(start_latent.to(dtype), latents, start)  # (B, C, h, w)
+        else:
+            latents = latents * self.scheduler.init_noise_sigma
 
         # 5. Denoise
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
-        with self.progress_bar(total=len(self.scheduler.timesteps)) as progress:
-            for t in self.scheduler.timesteps:
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for t in timesteps:
                 model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
                 model_in = self.scheduler.scale_model_input(model_in, t)
                 model_in = torch.cat([model_in, lr_latent.to(dtype)], dim=1)  # (nB, 2C, h, w)
@@ -244,8 +287,8 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
                         model_in, t, encoder_hidden_states=text_embeds, controlnet_cond=ref,
                         class_labels=metadata_embeds, return_dict=False,
                     )  # fmt: skip
-                    down = [self._scaled_residual(r, strength) for r in down]
-                    mid = self._scaled_residual(mid, strength)
+                    down = [self._scaled_residual(r, ref_strength) for r in down]
+                    mid = self._scaled_residual(mid, ref_strength)
                 noise = self.unet(
                     model_in, t, encoder_hidden_states=text_embeds, class_labels=metadata_embeds,
                     down_block_additional_residuals=down, mid_block_additional_residual=mid,
@@ -261,7 +304,9 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
             images = latents
         else:
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, bands, H, W)
-            decoded = ((decoded.float() + 1) / 2).clamp(0, 1)
+            decoded = ((decoded.float() + 1) / 2).clamp(0, 1)  # (B, bands, H, W)
+            if lr_scale is not None:
+                decoded = lr_consistent(decoded, image.to(decoded.device, torch.float32), lr_scale)
             if output_type == "pt":
                 images = decoded
             else:
