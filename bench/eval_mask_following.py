@@ -7,7 +7,7 @@ same measure with the mask rotated by 90° and 180° (same class areas, wrong pl
 example layouts shipped with rsgen and, if ../shared/data is present, 256² crops of the real LoveDA
 masks. Also prints per-class mean colours of the generated images next to the real LoveDA ones.
 
-    python bench/eval_mask_following.py --model default --steps 20 --scales 1,2
+    python bench/eval_mask_following.py --model default --steps 20 --scales 1,2 [--layout-strength 1]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--scales", default="1", help="ControlNet conditioning scales to compare")
+    parser.add_argument("--layout-strength", type=float, help="layout prior strength (default: the model card's)")
     parser.add_argument("--save", type=Path, help="write a contact sheet PNG here")
     args = parser.parse_args()
     pipe = RSControlledPipeline.from_bundle(args.model)
@@ -59,6 +60,7 @@ def main() -> None:
             out = pipe("aerial image", controls={"mask": control}, control_scales={"mask": scale},
                        metadata=Metadata(gsd=0.5, sensor="aerial"), num_inference_steps=args.steps,
                        guidance_scale=args.guidance, generator=torch.Generator().manual_seed(0),
+                       layout_strength=args.layout_strength,
                        output_type="np").images[0]  # fmt: skip
             image = (out * 255).round().astype(np.uint8)
             acc, chance = mask_following(image, mask)

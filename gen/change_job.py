@@ -75,6 +75,7 @@ class ChangePairJob:
     seed: int = 0
     steps: int = 20
     guidance: float = 7.5
+    layout_strength: float | None = None  # None: the model card's
     layout: str = "levir"
     device: str = "auto"
     overwrite: bool = False
@@ -324,6 +325,8 @@ def run_change_pairs(job: ChangePairJob, pipe: RSControlledPipeline | None = Non
         pipe = RSControlledPipeline.from_bundle(job.model)
         pipe.to(resolve_device(job.device))
     pipe.set_progress_bar_config(disable=True)
+    if job.layout_strength is not None:
+        pipe.set_layout_strength(job.layout_strength, "--layout-strength")
     if "mask" not in pipe.control_names:
         raise ValueError(f"--model {job.model}: change pairs need a bundle with a 'mask' control")
     written = []

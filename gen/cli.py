@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
         parser_.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (unsafe)")
         parser_.add_argument("--overwrite", action="store_true", help="write into a folder that already holds samples")
+    gen.add_argument(
+        "--layout-strength", type=float,
+        help="in (0, 1]: < 1 starts from the mask painted in the model's class colours (default: the model card's)",
+    )  # fmt: skip
 
     run = sub.add_parser(
         "run",
@@ -272,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--seed", type=int, default=0, help="job seed")
     cp.add_argument("--steps", type=int, default=20, help="denoising steps (20)")
     cp.add_argument("--guidance", type=float, default=7.5, help="guidance scale (7.5)")
+    cp.add_argument(
+        "--layout-strength", type=float,
+        help="in (0, 1]: < 1 starts from the mask painted in the model's class colours (default: the model card's)",
+    )  # fmt: skip
     cp.add_argument("--out", required=True, type=Path, help="output folder")
     cp.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     cp.add_argument("--overwrite", action="store_true", help="write into a folder that already holds pairs")
@@ -423,7 +431,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         controls=args.control, control_scales=scales, control_guidance=guidance, metadata=_metadata_from_args(args),
         size=args.size, tile=args.tile, overlap=args.overlap, num_samples=args.num_samples,
         batch_size=args.batch_size, seed=args.seed, steps=args.steps, guidance=args.guidance,
-        allow_pickle=args.allow_pickle, device=args.device, overwrite=args.overwrite,
+        layout_strength=args.layout_strength, allow_pickle=args.allow_pickle, device=args.device,
+        overwrite=args.overwrite,
     )  # fmt: skip
     written = run_generate(job)
     sys.stdout.write(f"wrote {len(written)} images with labels and sidecars to {args.out}\n")
@@ -527,7 +536,7 @@ def _cmd_change_pairs(args: argparse.Namespace) -> int:
         palette=args.palette, change=config, no_change_fraction=args.no_change_fraction,
         distractors=[d for d in args.distractors.split(",") if d], gsd=args.gsd, prompt=args.prompt,
         num_samples=args.num_samples, seed=args.seed, steps=args.steps, guidance=args.guidance, layout=args.layout,
-        device=args.device, overwrite=args.overwrite,
+        layout_strength=args.layout_strength, device=args.device, overwrite=args.overwrite,
     )  # fmt: skip
     written = run_change_pairs(job)
     sys.stdout.write(f"wrote {len(written)} change pairs ({args.layout} layout) to {args.out}\n")

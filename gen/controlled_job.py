@@ -101,6 +101,7 @@ class GenerateJob:
     seed: int = 0
     steps: int = 20
     guidance: float = 7.5
+    layout_strength: float | None = None  # None: the model card's
     allow_pickle: bool = False
     device: str = "auto"
     overwrite: bool = False
@@ -219,6 +220,8 @@ def run_generate(job: GenerateJob, pipe: RSControlledPipeline | None = None) -> 
         pipe = RSControlledPipeline.from_bundle(job.model, allow_pickle=job.allow_pickle)
         pipe.to(resolve_device(job.device))
     pipe.set_progress_bar_config(disable=True)
+    if job.layout_strength is not None:
+        pipe.set_layout_strength(job.layout_strength, "--layout-strength")
     size = job.size if job.size is not None else pipe.model_card.native_size[0]
     if size % pipe.size_multiple:
         raise ValueError(f"--size {size}: must be a multiple of {pipe.size_multiple} for this model")

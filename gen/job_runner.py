@@ -108,6 +108,8 @@ def load_task_pipeline(spec: JobSpec) -> Any:
         from pipelines.controlled import RSControlledPipeline
 
         pipe = RSControlledPipeline.from_bundle(spec.model)
+        if spec.raw.get("layout_strength") is not None:
+            pipe.set_layout_strength(float(spec.raw["layout_strength"]), "layout_strength")
     pipe.to(resolve_device("auto"))
     pipe.set_progress_bar_config(disable=True)
     return pipe

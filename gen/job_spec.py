@@ -187,6 +187,7 @@ def _draw(dist: Any, rng: np.random.Generator) -> Any:
 KNOWN_KEYS = {
     "task", "model", "num_samples", "seed", "batch_size", "shard_size", "steps", "guidance", "threads",
     "prompts", "negative_prompt", "metadata", "format", "masks", "out", "writers", "layouts", "lr", "cog", "change",
+    "layout_strength",
 }  # fmt: skip
 WRITERS = ("hf", "webdataset", "coco", "stac", "captions")
 
@@ -252,6 +253,10 @@ def validate_spec(data: dict[str, Any]) -> JobSpec:
     guidance = data.get("guidance", 7.5)
     if not isinstance(guidance, int | float) or guidance < 0:
         raise _err("guidance", f"expected a number >= 0, got {guidance!r}")
+    strength = data.get("layout_strength")
+    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, int | float)
+                                 or not 0 < strength <= 1):  # fmt: skip
+        raise _err("layout_strength", f"expected a number in (0, 1] (1 = no layout prior), got {strength!r}")
     prompts = data.get("prompts", [""])
     if isinstance(prompts, str):
         prompts = [prompts]

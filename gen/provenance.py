@@ -56,6 +56,9 @@ def base_record(task: str, pipe: Any, model_source: str) -> dict[str, Any]:
             "smoke_test": card.smoke_test,
         },
         "pipeline": type(pipe).__name__,
+        "sampling": {  # the pipeline's defaults from the model card (or set by the job)
+            name: getattr(pipe, name) for name in ("guide_controls", "layout_strength") if hasattr(pipe, name)
+        },
         "scheduler": json.loads(pipe.scheduler.to_json_string()),
         "versions": {
             "torch": torch.__version__,

@@ -66,6 +66,10 @@ class ModelCard:
     # SR bundles: the pipeline ``strength`` `rsgen sr` uses unless told otherwise (1 = from pure noise;
     # lower = start from the noised LR latent, for models that are weak from pure noise).
     sr_strength: float = 1.0
+    # Controlled bundles: mean RGB (0-255) of each canonical class in the training data, and the default
+    # ``layout_strength`` (< 1: sampling starts from the mask painted in these colours, noised to that share).
+    class_colors: dict[str, list[float]] | None = None
+    layout_strength: float = 1.0
     smoke_test: bool = False  # random weights: images are noise
     description: str = ""
     license: str = "unknown"
@@ -82,6 +86,13 @@ class ModelCard:
                     f"{MODEL_CARD_FILE}: gsd_range={self.gsd_range!r}: expected [min, max], 0 < min <= max"
                 )
             self.gsd_range = (low, high)
+        if not 0 < float(self.layout_strength) <= 1:
+            raise BundleError(f"{MODEL_CARD_FILE}: layout_strength={self.layout_strength!r}: expected in (0, 1]")
+        if self.layout_strength < 1 and not self.class_colors:
+            raise BundleError(f"{MODEL_CARD_FILE}: layout_strength < 1 needs class_colors (mean RGB per class)")
+        for name, rgb in (self.class_colors or {}).items():
+            if not isinstance(rgb, list | tuple) or len(rgb) != 3 or not all(0 <= float(v) <= 255 for v in rgb):
+                raise BundleError(f"{MODEL_CARD_FILE}: class_colors[{name!r}]={rgb!r}: expected [r, g, b] in 0..255")
         if not 0 < float(self.sr_strength) <= 1:
             raise BundleError(f"{MODEL_CARD_FILE}: sr_strength={self.sr_strength!r}: expected a number in (0, 1]")
         if self.format_version > CARD_FORMAT_VERSION:

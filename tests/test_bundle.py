@@ -81,6 +81,15 @@ def test_missing_or_bad_model_card(tiny_bundle, tmp_path):
     card.write_text(json.dumps({**data, "metadata": None}))
     with pytest.raises(ValueError, match=r"disagrees with the metadata_encoder config"):
         RSText2ImagePipeline.from_bundle(bundle)
+    for bad, message in (
+        ({"layout_strength": 0.5}, r"layout_strength < 1 needs class_colors"),
+        ({"layout_strength": 0.0, "class_colors": {"water": [0, 0, 255]}}, r"layout_strength=0\.0: expected in"),
+        ({"class_colors": {"water": [0, 300, 0]}}, r"class_colors\['water'\]=\[0, 300, 0\]: expected \[r, g, b\]"),
+        ({"sr_strength": 2}, r"sr_strength=2: expected a number in \(0, 1\]"),
+    ):
+        card.write_text(json.dumps({**data, **bad}))
+        with pytest.raises(BundleError, match=message):
+            ModelCard.read(bundle)
     card.write_text("{not json")
     with pytest.raises(BundleError, match=r"not valid JSON"):
         ModelCard.read(bundle)

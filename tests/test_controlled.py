@@ -287,3 +287,93 @@ def test_guidance_over_controls(ctrl_pipe):
     assert np.isfinite(guided_g).all() and guided_g.shape == plain_g.shape
     np.testing.assert_array_equal(guided_1, plain_1)
     assert np.abs(guided_g - plain_g).max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def prior_bundle(ctrl_bundle, tmp_path_factory):
+    """The tiny controlled bundle with class colours (and a default layout strength) in its card."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("prior") / "ctrl"
+    shutil.copytree(ctrl_bundle, folder)
+    card = json.loads((folder / "rsgen_model.json").read_text())
+    card["class_colors"] = {"building": [200.0, 60.0, 40.0], "water": [20.0, 40.0, 120.0], "tree": [30.0, 90.0, 30.0]}
+    card["layout_strength"] = 0.5
+    (folder / "rsgen_model.json").write_text(json.dumps(card))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prior_pipe(prior_bundle):
+    pipe = RSControlledPipeline.from_bundle(prior_bundle)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _layout() -> torch.Tensor:
+    """(1, 3, 64, 64) canonical colour mask: building top-left, water right half, road bottom-left."""
+    ids = np.full((64, 64), CANONICAL.class_by_name("road").id, np.uint8)
+    ids[:32, :32] = CANONICAL.class_by_name("building").id
+    ids[:, 32:] = CANONICAL.class_by_name("water").id
+    return torch.from_numpy(CANONICAL.colorize(ids)).permute(2, 0, 1)[None].float() / 255  # (1, 3, 64, 64)
+
+
+def test_paint_layout_fills_each_class_with_its_card_colour(prior_pipe):
+    painted = prior_pipe.paint_layout(_layout())[0] * 255  # (3, 64, 64)
+    assert torch.allclose(painted[:, :32, :32], torch.tensor([200.0, 60.0, 40.0]).view(3, 1, 1), atol=1e-3)
+    assert torch.allclose(painted[:, :, 32:], torch.tensor([20.0, 40.0, 120.0]).view(3, 1, 1), atol=1e-3)
+    mean = torch.tensor([250.0, 190.0, 190.0]) / 3  # road is not in the card: the mean of its colours
+    assert torch.allclose(painted[:, 32:, :32], mean.view(3, 1, 1), atol=1e-3)
+    assert torch.equal(prior_pipe.paint_layout((_layout() * 255).round().to(torch.uint8)), painted[None] / 255)
+
+
+def test_layout_strength_starts_from_the_painted_mask(prior_pipe, ctrl_pipe):
+    """The card's layout_strength is the default; it is deterministic, differs from sampling from noise,
+    and ends closer to the painted mask's latent the lower it is (random weights: checked in latent space)."""
+    run = lambda **kw: prior_pipe("x", controls={"mask": _layout()}, num_inference_steps=10,  # noqa: E731
+                                  generator=sample_generators(0, [0]), output_type="latent", **kw).images  # fmt: skip
+    default, half, free = run(), run(layout_strength=0.5), run(layout_strength=1.0)
+    assert torch.equal(default, half) and not torch.allclose(half, free)
+    painted = prior_pipe.encode_image(prior_pipe.paint_layout(_layout()))  # (1, C, 8, 8)
+    distance = [float((x - painted).abs().mean()) for x in (free, half, run(layout_strength=0.1))]
+    assert distance[2] < distance[1] < distance[0]
+    with pytest.raises(ValueError, match=r"layout_strength < 1 needs the model card's class_colors"):
+        ctrl_pipe("x", controls={"mask": _layout()}, num_inference_steps=2, layout_strength=0.5)
+    with pytest.raises(ValueError, match=r"layout_strength < 1 paints the 'mask' control"):
+        prior_pipe("x", controls={"canny": _layout()}, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"layout_strength=0: expected a number in \(0, 1\]"):
+        prior_pipe("x", controls={"mask": _layout()}, num_inference_steps=2, layout_strength=0)
+    with pytest.raises(ValueError, match=r"layout_strength=0\.5 × num_inference_steps=1 runs no denoising step"):
+        prior_pipe("x", controls={"mask": _layout()}, num_inference_steps=1)
+
+
+def test_layout_prior_inpainting_keeps_every_outside_pixel(prior_pipe):
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    region = torch.zeros(1, 1, 64, 64)
+    region[..., 8:40, 16:48] = 1
+    out = prior_pipe("x", controls={"mask": _layout()}, image=image, mask_image=region, num_inference_steps=4,
+                     generator=sample_generators(0, [0]), output_type="pt")  # fmt: skip
+    outside = (region == 0).expand_as(image)
+    assert torch.equal(out.images[outside], image[outside])
+    assert (out.images[~outside] - image[~outside]).abs().mean() > 0.01
+
+
+def test_layout_strength_in_jobs_is_applied_and_recorded(prior_bundle, ctrl_bundle, tmp_path, caplog):
+    with rasterio.open(shared_file("seg/loveda/masks/1.png")) as src:
+        crop = src.read(1, window=((0, 64), (0, 64)))
+    mask = tmp_path / "mask.png"
+    with rasterio.open(mask, "w", driver="PNG", width=64, height=64, count=1, dtype="uint8") as dst:
+        dst.write(crop[None])
+    images = {}
+    for name, strength in (("card", None), ("off", 1.0)):
+        job = GenerateJob(model=str(prior_bundle), out=tmp_path / name, mask=mask, palette="loveda", steps=4,
+                          layout_strength=strength)  # fmt: skip
+        run_generate(job)
+        record = json.loads((tmp_path / name / "000000.json").read_text())
+        assert record["sampling"]["layout_strength"] == (0.5 if strength is None else 1.0)
+        with rasterio.open(tmp_path / name / "000000.png") as src:
+            images[name] = src.read()
+    assert not np.array_equal(images["card"], images["off"])
+    args = ["generate", "--model", str(ctrl_bundle), "--mask", str(mask), "--palette", "loveda",
+            "--layout-strength", "0.6", "--out", str(tmp_path / "z")]  # fmt: skip
+    assert main(args) == 2 and "--layout-strength 0.6: this model's card has no class_colors" in caplog.text

@@ -74,6 +74,7 @@ def manifest(folder: Path) -> list[dict]:
         ({"prompts": []}, r"prompts: expected a non-empty list of strings"),
         ({"cog": True}, r"cog: Cloud-Optimized GeoTIFFs need format: geotiff"),
         ({"task": "sr"}, r"lr: task sr needs lr"),
+        ({"layout_strength": 0}, r"layout_strength: expected a number in \(0, 1\]"),
         ({"task": "layout"}, r"layouts: task layout needs layouts"),
     ],
 )

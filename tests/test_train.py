@@ -201,6 +201,13 @@ def test_denoiser_learns_and_exports_a_controlled_bundle(tmp_path, random_vae):
     card = json.loads((export / "rsgen_model.json").read_text())
     assert card["pipeline"] == "RSControlledPipeline" and card["controls"] == ["mask"]
     assert card["palette"] == {"name": "canonical", "encoding": "color"} and card["gsd_range"] == [0.3, 0.3]
+    # class_colors: the mean RGB of each class's labelled pool pixels, checked against a direct masked mean.
+    pool = task.objective.pool
+    for name in ("building", "agriculture"):
+        cls = CANONICAL.class_by_name(name)
+        pixels = pool.images[pool.has_mask][pool.masks[pool.has_mask] == cls.id]  # (n, 3)
+        assert card["class_colors"][name] == pytest.approx(pixels.mean(axis=0), abs=0.051)
+    assert card["layout_strength"] == 1.0 and "vehicle" not in card["class_colors"]  # too few pixels
     pipe = RSControlledPipeline.from_bundle(export)
     pipe.set_progress_bar_config(disable=True)
     mask = torch.zeros(1, 3, 32, 32)

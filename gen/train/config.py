@@ -31,7 +31,7 @@ TASKS = ("autoencoder", "denoiser", "sr")
 # Export-only keys (model card text, sampling defaults) may change too: they do not touch the weights.
 RESUMABLE_KEYS = (
     "max_steps", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints", "threads",
-    "name", "license", "description", "native_size", "guide_controls", "sr_strength",
+    "name", "license", "description", "native_size", "guide_controls", "sr_strength", "layout_strength",
 )  # fmt: skip
 
 
@@ -110,6 +110,7 @@ class TrainConfig:
     threads: int | None = None
     guide_controls: bool = False  # written to the model card: guidance also over the controls at sampling
     sr_strength: float = 1.0  # task sr: written to the model card, the default `rsgen sr --strength`
+    layout_strength: float = 1.0  # task denoiser: written to the model card (the layout prior's default)
     name: str = "rsgen-model"
     license: str = "see model card"
     description: str = ""
@@ -251,6 +252,7 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
         threads=_number(data, "threads", None, int, 1),
         guide_controls=bool(data.get("guide_controls", False)),
         sr_strength=_number(data, "sr_strength", 1.0, float, 0),
+        layout_strength=_number(data, "layout_strength", 1.0, float, 0),
         name=str(data.get("name", "rsgen-model")),
         license=str(data.get("license", "see model card")),
         description=str(data.get("description", "")),
@@ -259,6 +261,8 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
     if isinstance(config.model, AutoencoderArch) and not config.model.train_encoder and config.init_from is None:
         raise _err("model.train_encoder", "false (decoder-only fine-tuning) needs init_from=VAE_DIR: the trained "
                    "autoencoder whose encoder is kept")  # fmt: skip
+    if not 0 < config.layout_strength <= 1:
+        raise _err("layout_strength", f"{config.layout_strength}: expected in (0, 1] (1 = no layout prior)")
     if not 0 < config.sr_strength <= 1:
         raise _err("sr_strength", f"{config.sr_strength}: expected in (0, 1] (1 = SR from pure noise)")
     if config.resolution % 16:

@@ -204,6 +204,25 @@ class DenoiserObjective(nn.Module):
         return eps_loss(pred, noise, t, self.noise_schedule, arch.snr_gamma)
 
 
+def class_mean_colors(pool: TrainingPool, min_pixels: int = 1000, chunk: int = 256) -> dict[str, list[float]]:
+    """Mean RGB (0-255) of every canonical class with at least ``min_pixels`` labelled pixels in the
+    pool's masked crops: the model card's ``class_colors`` (the colours of the layout prior)."""
+    counts = np.zeros(256, np.int64)
+    sums = np.zeros((256, 3), np.float64)
+    for start in range(0, len(pool), chunk):
+        labelled = pool.has_mask[start : start + chunk]
+        ids = pool.masks[start : start + chunk][labelled].reshape(-1)  # (n·S·S,)
+        rgb = pool.images[start : start + chunk][labelled].reshape(-1, 3)  # (n·S·S, 3)
+        counts += np.bincount(ids, minlength=256)
+        for band in range(3):
+            sums[:, band] += np.bincount(ids, weights=rgb[:, band], minlength=256)
+    return {
+        c.name: [round(float(v), 1) for v in sums[c.id] / counts[c.id]]
+        for c in CANONICAL.classes
+        if counts[c.id] >= min_pixels
+    }
+
+
 def _gsd_range(pool: TrainingPool) -> tuple[float, float] | None:
     gsds = [m.gsd for m in pool.metadata if m.gsd is not None]
     return (min(gsds), max(gsds)) if gsds else None
@@ -299,6 +318,7 @@ class DenoiserTask:
         config, arch = self.config, self.config.model
         pipe = self.pipeline(objective)
         pipe.save_pretrained(out_dir, safe_serialization=True)
+        colors = class_mean_colors(objective.pool) if "mask" in arch.controls else {}
         card = ModelCard(
             name=config.name,
             pipeline=type(pipe).__name__,
@@ -308,6 +328,8 @@ class DenoiserTask:
             palette={"name": "canonical", "encoding": "color"} if arch.controls else None,
             controls=list(arch.controls),
             guide_controls=config.guide_controls and bool(arch.controls),
+            class_colors=colors or None,
+            layout_strength=config.layout_strength if colors else 1.0,
             description=config.description or f"Trained by `rsgen train` ({summary['steps']} steps).",
             license=config.license,
         )
@@ -316,4 +338,11 @@ class DenoiserTask:
         summary["pool_crops_with_mask"] = int(objective.pool.has_mask.sum())
 
 
-__all__ = ["DenoiserTask", "build_text_encoder", "build_unet", "control_images", "inference_scheduler"]
+__all__ = [
+    "DenoiserTask",
+    "build_text_encoder",
+    "build_unet",
+    "class_mean_colors",
+    "control_images",
+    "inference_scheduler",
+]

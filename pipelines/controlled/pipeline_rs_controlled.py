@@ -10,6 +10,11 @@ outside the mask is replaced by the input's latent noised to that step, and afte
 result is blended in pixel space, so every pixel outside the mask (and beyond ``feather_px``) is
 returned **bit-identical** to the input. Inside a feathering margin of ``feather_px`` pixels around
 the mask, generated and input pixels are cross-faded; no pixel further away is touched.
+
+Layout prior (``layout_strength`` < 1, for bundles whose card lists ``class_colors``): the ``mask``
+control is painted in each class's mean colour from the training data, VAE-encoded, noised to
+that share of the schedule and only the remaining steps are run (SDEdit-style). Small models then
+keep each region's typical colour and the ControlNet adds texture; 1 samples from pure noise.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from conditions.metadata import Metadata
 from conditions.metadata_encoder import MetadataEncoder
+from conditions.palettes import CANONICAL
 from pipelines.bundle import load_bundle
 from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
 
@@ -93,6 +99,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.control_names: list[str] = [f"control_{i}" for i in range(len(controlnet.nets))]
         self.guide_controls = False  # set from rsgen_model.json by from_bundle
+        self.layout_strength = 1.0  # default of __call__'s layout_strength; from_bundle sets the card's
 
     @classmethod
     def from_bundle(
@@ -107,6 +114,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             )
         pipe.control_names = names
         pipe.guide_controls = bool(pipe.model_card.guide_controls)
+        pipe.layout_strength = float(pipe.model_card.layout_strength)
         return pipe
 
     @property
@@ -190,6 +198,35 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"generator: got {len(generator)} generators for {batch} images; pass one per image")
         return batch, height, width
+
+    def set_layout_strength(self, value: float, argument: str = "layout_strength") -> None:
+        """Set the default ``layout_strength`` (e.g. from a job option named ``argument``), checked now."""
+        if not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ValueError(f"{argument} {value!r}: expected a number in (0, 1] (1 = sample from pure noise)")
+        card = getattr(self, "model_card", None)
+        if value < 1 and (card is None or not card.class_colors):
+            raise ValueError(
+                f"{argument} {value}: this model's card has no class_colors to paint the layout with; use 1"
+            )
+        self.layout_strength = float(value)
+
+    def paint_layout(self, mask_control: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) canonical colour mask in [0, 1] (or uint8) → (B, 3, H, W) in [0, 1]: every class
+        region filled with the model card's mean colour of that class; pixels of classes the card does
+        not list (and ignore pixels) get the mean of the listed colours."""
+        colors = self.model_card.class_colors or {}
+        codes = mask_control.float() * (255.0 if mask_control.dtype != torch.uint8 else 1.0)
+        codes = codes.round().to(torch.int64)  # (B, 3, H, W)
+        fallback = torch.tensor(np.mean(list(colors.values()), axis=0), dtype=torch.float32) / 255.0
+        painted = fallback.view(1, 3, 1, 1).expand(codes.shape).to(codes.device).clone()  # (B, 3, H, W)
+        for cls in CANONICAL.classes:
+            if cls.name not in colors:
+                continue
+            key = torch.tensor(cls.color, dtype=torch.int64, device=codes.device).view(1, 3, 1, 1)
+            where = (codes == key).all(dim=1, keepdim=True)  # (B, 1, H, W)
+            value = torch.tensor(colors[cls.name], dtype=torch.float32, device=codes.device).view(1, 3, 1, 1)
+            painted = torch.where(where, value / 255.0, painted)
+        return painted
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> scaled latent (B, C, h, w) (distribution mode: deterministic)."""
@@ -284,14 +321,35 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "np",
         return_dict: bool = True,
+        layout_strength: float | None = None,
     ) -> RSControlledPipelineOutput | tuple:
+        """``layout_strength`` (default: ``self.layout_strength``, the model card's): < 1 starts from the
+        mask painted in the card's class colours, noised to that share of the schedule (see module doc)."""
         control_scales = dict(control_scales or {})
         control_guidance = dict(control_guidance or {})
+        card = getattr(self, "model_card", None)
+        if layout_strength is None:
+            layout_strength = self.layout_strength
         # 1. Check inputs
         batch, height, width = self.check_inputs(
             prompt, controls, control_scales, control_guidance, metadata, image, mask_image, feather_px,
             num_inference_steps, guidance_scale, output_type, generator,
         )  # fmt: skip
+        if not isinstance(layout_strength, int | float) or not 0 < layout_strength <= 1:
+            raise ValueError(f"layout_strength={layout_strength!r}: expected a number in (0, 1] (1 = off)")
+        if layout_strength < 1:
+            if "mask" not in controls:
+                raise ValueError("layout_strength < 1 paints the 'mask' control; pass controls={'mask': ...} or use 1")
+            if card is None or not card.class_colors:
+                raise ValueError(
+                    "layout_strength < 1 needs the model card's class_colors (mean RGB per class; `rsgen train` "
+                    "writes them); this model has none, so use layout_strength=1"
+                )
+            if int(num_inference_steps * layout_strength) < 1:
+                raise ValueError(
+                    f"layout_strength={layout_strength} × num_inference_steps={num_inference_steps} runs no "
+                    "denoising step; raise either so that their product is >= 1"
+                )
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
@@ -317,9 +375,15 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             latent_mask = F.interpolate(mask_image.to(device, dtype), size=known_latent.shape[-2:], mode="area")
             latent_mask = (latent_mask > 0).to(dtype)  # (B, 1, h, w): 1 wherever any regenerated pixel lies
 
-        # 3. Timesteps
+        # 3. Timesteps (with a layout prior: the last int(steps · layout_strength) of them)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        skip = 0
+        if layout_strength < 1:
+            skip = (num_inference_steps - int(num_inference_steps * layout_strength)) * self.scheduler.order
+            timesteps = timesteps[skip:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(skip)
 
         # 4. Latents
         shape = (
@@ -331,13 +395,21 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
         noise = latents.clone()
-        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        if layout_strength < 1:  # start from the painted mask (inside the region, when inpainting)
+            prior = self.paint_layout(controls["mask"].to(device))  # (B, 3, H, W)
+            if image is not None:
+                region = mask_image.to(device, prior.dtype)  # (B, 1, H, W), 1 = regenerate
+                prior = region * prior + (1 - region) * image.to(device, prior.dtype)
+            start = timesteps[:1].repeat(batch)  # (B,)
+            latents = self.scheduler.add_noise(self.encode_image(prior).to(dtype), noise.to(device, dtype), start)
+        else:
+            latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
 
         # 5. Denoise
         with self.progress_bar(total=len(timesteps)) as progress:
             for step, t in enumerate(timesteps):
-                fraction = step / len(timesteps)
+                fraction = (skip + step) / (skip + len(timesteps))  # share of the full schedule
                 pred = self.guided_noise(
                     latents, t, fraction, text_embeds, metadata_embeds, cond_images, control_scales,
                     control_guidance, guidance_scale, inpaint_channels,
