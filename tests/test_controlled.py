@@ -377,3 +377,19 @@ def test_layout_strength_in_jobs_is_applied_and_recorded(prior_bundle, ctrl_bund
     args = ["generate", "--model", str(ctrl_bundle), "--mask", str(mask), "--palette", "loveda",
             "--layout-strength", "0.6", "--out", str(tmp_path / "z")]  # fmt: skip
     assert main(args) == 2 and "--layout-strength 0.6: this model's card has no class_colors" in caplog.text
+
+
+def test_scene_with_layout_prior_that_fits_one_tile_equals_a_single_call(prior_pipe):
+    from pipelines.controlled.scene import decode_scene, scene_latents
+
+    mask = (_layout() * 255).round().to(torch.uint8)  # (1, 3, 64, 64)
+    single = prior_pipe("x", controls={"mask": mask.float() / 255}, num_inference_steps=4,
+                        generator=sample_generators(0, [0]), output_type="pt").images[0]  # fmt: skip
+    latents = scene_latents(prior_pipe, "x", {"mask": mask}, tile=64, overlap=16, num_inference_steps=4,
+                            generator=sample_generators(0, [0])[0])  # fmt: skip
+    rows = []
+    decode_scene(prior_pipe, latents, tile=64, overlap=16, write=lambda r, v, off: rows.append((off, r)))
+    assert torch.equal(torch.from_numpy(rows[0][1]), single)
+    free = scene_latents(prior_pipe, "x", {"mask": mask}, tile=64, overlap=16, num_inference_steps=4,
+                         generator=sample_generators(0, [0])[0], layout_strength=1.0)  # fmt: skip
+    assert not torch.allclose(free, latents)

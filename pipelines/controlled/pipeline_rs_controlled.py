@@ -199,6 +199,29 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             raise ValueError(f"generator: got {len(generator)} generators for {batch} images; pass one per image")
         return batch, height, width
 
+    def check_layout_strength(
+        self, layout_strength: float | None, controls: Mapping[str, torch.Tensor], num_inference_steps: int
+    ) -> float:
+        """The layout strength of a call (``None``: ``self.layout_strength``), checked against its inputs."""
+        value = self.layout_strength if layout_strength is None else layout_strength
+        if not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ValueError(f"layout_strength={value!r}: expected a number in (0, 1] (1 = off)")
+        if value < 1:
+            card = getattr(self, "model_card", None)
+            if "mask" not in controls:
+                raise ValueError("layout_strength < 1 paints the 'mask' control; pass controls={'mask': ...} or use 1")
+            if card is None or not card.class_colors:
+                raise ValueError(
+                    "layout_strength < 1 needs the model card's class_colors (mean RGB per class; `rsgen train` "
+                    "writes them); this model has none, so use layout_strength=1"
+                )
+            if int(num_inference_steps * value) < 1:
+                raise ValueError(
+                    f"layout_strength={value} × num_inference_steps={num_inference_steps} runs no "
+                    "denoising step; raise either so that their product is >= 1"
+                )
+        return float(value)
+
     def set_layout_strength(self, value: float, argument: str = "layout_strength") -> None:
         """Set the default ``layout_strength`` (e.g. from a job option named ``argument``), checked now."""
         if not isinstance(value, int | float) or not 0 < value <= 1:
@@ -327,29 +350,12 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         mask painted in the card's class colours, noised to that share of the schedule (see module doc)."""
         control_scales = dict(control_scales or {})
         control_guidance = dict(control_guidance or {})
-        card = getattr(self, "model_card", None)
-        if layout_strength is None:
-            layout_strength = self.layout_strength
         # 1. Check inputs
         batch, height, width = self.check_inputs(
             prompt, controls, control_scales, control_guidance, metadata, image, mask_image, feather_px,
             num_inference_steps, guidance_scale, output_type, generator,
         )  # fmt: skip
-        if not isinstance(layout_strength, int | float) or not 0 < layout_strength <= 1:
-            raise ValueError(f"layout_strength={layout_strength!r}: expected a number in (0, 1] (1 = off)")
-        if layout_strength < 1:
-            if "mask" not in controls:
-                raise ValueError("layout_strength < 1 paints the 'mask' control; pass controls={'mask': ...} or use 1")
-            if card is None or not card.class_colors:
-                raise ValueError(
-                    "layout_strength < 1 needs the model card's class_colors (mean RGB per class; `rsgen train` "
-                    "writes them); this model has none, so use layout_strength=1"
-                )
-            if int(num_inference_steps * layout_strength) < 1:
-                raise ValueError(
-                    f"layout_strength={layout_strength} × num_inference_steps={num_inference_steps} runs no "
-                    "denoising step; raise either so that their product is >= 1"
-                )
+        layout_strength = self.check_layout_strength(layout_strength, controls, num_inference_steps)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)

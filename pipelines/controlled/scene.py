@@ -69,9 +69,11 @@ def scene_latents(
     guidance_scale: float = 7.5,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    layout_strength: float | None = None,
 ) -> torch.Tensor:
     """Denoise a whole scene; ``controls`` are (1, 3, H, W) uint8 or float tensors. Returns the
-    latent canvas (1, C, H/8, W/8)."""
+    latent canvas (1, C, H/8, W/8). With a layout prior (``layout_strength`` < 1, default: the
+    pipeline's) the painted mask is VAE-encoded tile by tile and cross-faded like the noise."""
     control_scales = dict(control_scales or {})
     control_guidance = dict(control_guidance or {})
     first = next(iter(controls.values()))
@@ -83,6 +85,7 @@ def scene_latents(
     crop = {k: v[..., :tile, :tile] for k, v in controls.items()}  # check_inputs looks at shapes only
     pipe.check_inputs(prompt, crop, control_scales, control_guidance, metadata, None, None, 0,
                       num_inference_steps, guidance_scale, "latent", generator)  # fmt: skip
+    layout_strength = pipe.check_layout_strength(layout_strength, controls, num_inference_steps)
     device = pipe._execution_device
     do_cfg = guidance_scale > 1.0
     text_embeds = pipe.encode_prompt([prompt], [negative_prompt or ""], device, do_cfg)  # (n, L, D)
@@ -91,15 +94,30 @@ def scene_latents(
     lh, lw, lt, lo = height // f, width // f, tile // f, overlap // f
     pipe.scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = pipe.scheduler.timesteps
+    skip = 0
+    if layout_strength < 1:  # the last int(steps · layout_strength) timesteps, as in the pipeline
+        skip = (num_inference_steps - int(num_inference_steps * layout_strength)) * pipe.scheduler.order
+        timesteps = timesteps[skip:]
+        if hasattr(pipe.scheduler, "set_begin_index"):
+            pipe.scheduler.set_begin_index(skip)
     shape = (1, pipe.vae.config.latent_channels, lh, lw)
     latents = randn_tensor(shape, generator=generator, device=device, dtype=pipe.unet.dtype)  # (1, C, lh, lw)
-    latents = latents * pipe.scheduler.init_noise_sigma
-    step_kwargs = scheduler_step_kwargs(pipe.scheduler, generator)
     windows = _latent_tiles(lh, lw, lt, lo)
     weights = [_weights(r, c, th, tw, lh, lw, lo).to(device, latents.dtype) for r, c, th, tw in windows]
+    if layout_strength < 1:
+        prior_sum = torch.zeros_like(latents)  # (1, C, lh, lw)
+        weight_sum = torch.zeros_like(latents[:, :1])  # (1, 1, lh, lw)
+        for (r, c, th, tw), weight in zip(windows, weights):
+            crop = controls["mask"][..., r * f : (r + th) * f, c * f : (c + tw) * f].to(device)
+            prior_sum[..., r : r + th, c : c + tw] += pipe.encode_image(pipe.paint_layout(crop)) * weight
+            weight_sum[..., r : r + th, c : c + tw] += weight
+        latents = pipe.scheduler.add_noise(prior_sum / weight_sum, latents, timesteps[:1])
+    else:
+        latents = latents * pipe.scheduler.init_noise_sigma
+    step_kwargs = scheduler_step_kwargs(pipe.scheduler, generator)
     logger.info("scene %dx%d px: %d tiles of %d px, overlap %d px", height, width, len(windows), tile, overlap)
     for step, t in enumerate(timesteps):
-        fraction = step / len(timesteps)
+        fraction = (skip + step) / (skip + len(timesteps))  # share of the full schedule
         noise_sum = torch.zeros_like(latents)  # (1, C, lh, lw)
         weight_sum = torch.zeros_like(latents[:, :1])  # (1, 1, lh, lw)
         for (r, c, th, tw), weight in zip(windows, weights):
