@@ -48,6 +48,18 @@ def scheduler_step_kwargs(scheduler: Any, generator: Any, eta: float = 0.0) -> d
     return kwargs
 
 
+def tail_timesteps(scheduler: Any, num_inference_steps: int, strength: float) -> tuple[Any, int]:
+    """After ``scheduler.set_timesteps``: the last ``int(num_inference_steps * strength)`` timesteps (all
+    of them at strength 1) and how many were skipped; the scheduler is told where it begins (img2img)."""
+    timesteps = scheduler.timesteps
+    if strength >= 1:
+        return timesteps, 0
+    skip = (num_inference_steps - int(num_inference_steps * strength)) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(skip)
+    return timesteps[skip:], skip
+
+
 class TextMetadataConditioningMixin:
     """``encode_prompt`` / ``encode_metadata`` for pipelines with tokenizer, text_encoder, unet and an
     optional metadata_encoder."""

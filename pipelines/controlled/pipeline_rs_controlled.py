@@ -37,7 +37,12 @@ from conditions.metadata import Metadata
 from conditions.metadata_encoder import MetadataEncoder
 from conditions.palettes import CANONICAL
 from pipelines.bundle import load_bundle
-from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
+from pipelines.conditioning import (
+    TextMetadataConditioningMixin,
+    check_metadata_components,
+    scheduler_step_kwargs,
+    tail_timesteps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -383,13 +388,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
         # 3. Timesteps (with a layout prior: the last int(steps · layout_strength) of them)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        skip = 0
-        if layout_strength < 1:
-            skip = (num_inference_steps - int(num_inference_steps * layout_strength)) * self.scheduler.order
-            timesteps = timesteps[skip:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(skip)
+        timesteps, skip = tail_timesteps(self.scheduler, num_inference_steps, layout_strength)
 
         # 4. Latents
         shape = (

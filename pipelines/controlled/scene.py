@@ -21,7 +21,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from conditions.metadata import Metadata
-from pipelines.conditioning import scheduler_step_kwargs
+from pipelines.conditioning import scheduler_step_kwargs, tail_timesteps
 from pipelines.controlled.pipeline_rs_controlled import RSControlledPipeline
 from pipelines.tiling import StripBlender, ramp, tile_starts
 
@@ -93,13 +93,7 @@ def scene_latents(
     f = pipe.vae_scale_factor
     lh, lw, lt, lo = height // f, width // f, tile // f, overlap // f
     pipe.scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-    skip = 0
-    if layout_strength < 1:  # the last int(steps · layout_strength) timesteps, as in the pipeline
-        skip = (num_inference_steps - int(num_inference_steps * layout_strength)) * pipe.scheduler.order
-        timesteps = timesteps[skip:]
-        if hasattr(pipe.scheduler, "set_begin_index"):
-            pipe.scheduler.set_begin_index(skip)
+    timesteps, skip = tail_timesteps(pipe.scheduler, num_inference_steps, layout_strength)
     shape = (1, pipe.vae.config.latent_channels, lh, lw)
     latents = randn_tensor(shape, generator=generator, device=device, dtype=pipe.unet.dtype)  # (1, C, lh, lw)
     windows = _latent_tiles(lh, lw, lt, lo)

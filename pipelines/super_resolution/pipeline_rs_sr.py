@@ -35,7 +35,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from conditions.metadata import Metadata
 from conditions.metadata_encoder import MetadataEncoder
 from pipelines.bundle import load_bundle
-from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
+from pipelines.conditioning import (
+    TextMetadataConditioningMixin,
+    check_metadata_components,
+    scheduler_step_kwargs,
+    tail_timesteps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -258,12 +263,7 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
 
         # 3. Timesteps (the last int(steps · strength) of them)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        if strength < 1:
-            skip = (num_inference_steps - int(num_inference_steps * strength)) * self.scheduler.order
-            timesteps = timesteps[skip:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(skip)
+        timesteps, _ = tail_timesteps(self.scheduler, num_inference_steps, strength)
 
         # 4. Latents: pure noise, or the LR latent noised to the first kept timestep
         shape = (batch, self.vae.config.latent_channels, lr_latent.shape[-2], lr_latent.shape[-1])
