@@ -48,6 +48,20 @@ def scheduler_step_kwargs(scheduler: Any, generator: Any, eta: float = 0.0) -> d
     return kwargs
 
 
+def vae_scale_factor(vae: Any) -> int:
+    """Pixels per latent pixel of an ``AutoencoderKL`` or ``AutoencoderTiny`` (2 ** (levels - 1))."""
+    channels = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
+    return 2 ** (len(channels) - 1)
+
+
+def encode_latents(vae: Any, images: torch.Tensor) -> torch.Tensor:
+    """(B, bands, H, W) in [-1, 1] → scaled latents (B, C, h, w), deterministic: the posterior mode of an
+    ``AutoencoderKL`` or the latents of an ``AutoencoderTiny``, times the VAE's ``scaling_factor``."""
+    encoded = vae.encode(images)
+    latent = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+    return latent * vae.config.scaling_factor
+
+
 def tail_timesteps(scheduler: Any, num_inference_steps: int, strength: float) -> tuple[Any, int]:
     """After ``scheduler.set_timesteps``: the last ``int(num_inference_steps * strength)`` timesteps (all
     of them at strength 1) and how many were skipped; the scheduler is told where it begins (img2img)."""

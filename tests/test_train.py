@@ -220,6 +220,35 @@ def test_denoiser_learns_and_exports_a_controlled_bundle(tmp_path, random_vae):
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
 
+def test_denoiser_and_sr_on_a_given_tiny_autoencoder(tmp_path):
+    """A diffusers AutoencoderTiny (TAESD layout) can be reused as the frozen VAE: its deterministic
+    latents train a denoiser and an SR model whose bundles load and generate with it."""
+    from diffusers import AutoencoderTiny
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        widths, blocks = (16, 16, 16, 16), (1, 1, 1, 1)
+        tiny = AutoencoderTiny(encoder_block_out_channels=widths, decoder_block_out_channels=widths,
+                               num_encoder_blocks=blocks, num_decoder_blocks=blocks, latent_channels=4)  # fmt: skip
+    tiny.save_pretrained(tmp_path / "taesd")
+    export = train(parse_train_config(config("denoiser", tmp_path / "d", autoencoder=str(tmp_path / "taesd"),
+                                             max_steps=2)))  # fmt: skip
+    assert json.loads((export / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderTiny"]
+    pipe = RSControlledPipeline.from_bundle(export)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_scale_factor == 8
+    out = pipe("aerial image", controls={"mask": torch.zeros(1, 3, 32, 32)}, num_inference_steps=2).images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+    sr_export = train(parse_train_config(config("sr", tmp_path / "s", autoencoder=str(tmp_path / "taesd"),
+                                                max_steps=2)))  # fmt: skip
+    sr = RSSuperResolutionPipeline.from_bundle(sr_export)
+    sr.set_progress_bar_config(disable=True)
+    hr = sr(torch.rand(1, 3, 32, 32), num_inference_steps=2, strength=0.5, lr_scale=2).images
+    assert hr.shape == (1, 32, 32, 3) and np.isfinite(hr).all()
+    with pytest.raises(ValueError, match=r"a 'AutoencoderTiny'; expected one of \['AutoencoderKL'\]"):
+        train(parse_train_config(config("autoencoder", tmp_path / "a", init_from=str(tmp_path / "taesd"))))
+
+
 def test_sr_learns_and_exports(tmp_path, random_vae):
     from accelerate import Accelerator
 

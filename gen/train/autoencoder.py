@@ -11,6 +11,7 @@ stay valid (Stable Diffusion's ft-MSE decoders were made this way).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 from torch import nn
 
@@ -44,8 +45,9 @@ def build_autoencoder(arch: AutoencoderArch, size: int) -> AutoencoderKL:
     )
 
 
-def load_autoencoder(path: Path) -> AutoencoderKL:
-    """A trained VAE: an ``export/vae`` folder of this task, or a bundle (its ``vae/`` component)."""
+def load_autoencoder(path: Path, *, allow_tiny: bool = True) -> AutoencoderKL | AutoencoderTiny:
+    """A trained VAE, frozen: an ``export/vae`` folder of this task, a bundle (its ``vae/`` component) or
+    any diffusers ``AutoencoderKL`` / ``AutoencoderTiny`` folder (e.g. a TAESD conversion)."""
     folder = Path(path)
     if (folder / "vae" / "config.json").is_file():
         folder = folder / "vae"
@@ -54,7 +56,16 @@ def load_autoencoder(path: Path) -> AutoencoderKL:
             f"autoencoder={str(path)!r}: no diffusers VAE here (config.json missing); pass the export/vae folder of "
             "a task 'autoencoder' run or a bundle folder"
         )
-    vae = AutoencoderKL.from_pretrained(folder, use_safetensors=True)
+    kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
+    classes = {"AutoencoderKL": AutoencoderKL, **({"AutoencoderTiny": AutoencoderTiny} if allow_tiny else {})}
+    if kind not in classes:
+        raise ValueError(
+            f"autoencoder={str(path)!r}: a {kind!r}; expected one of {sorted(classes)} "
+            + ("" if allow_tiny else "(task 'autoencoder' trains an AutoencoderKL)")
+        )
+    vae = classes[kind].from_pretrained(folder, use_safetensors=True)
+    if getattr(vae.config, "shift_factor", None):
+        raise ValueError(f"autoencoder={str(path)!r}: shift_factor={vae.config.shift_factor} is not supported (use 0)")
     vae.requires_grad_(False).eval()
     return vae
 
@@ -111,7 +122,7 @@ class AutoencoderTask:
             torch.manual_seed(config.seed)
             vae = build_autoencoder(config.model, config.resolution)  # type: ignore[arg-type]
         if config.init_from is not None:
-            vae = load_autoencoder(config.init_from).requires_grad_(True).train()
+            vae = load_autoencoder(config.init_from, allow_tiny=False).requires_grad_(True).train()
         self.frozen_scaling_factor: float | None = None
         if not config.model.train_encoder:  # type: ignore[union-attr]
             vae.encoder.requires_grad_(False).eval()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     ControlNetModel,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
@@ -116,18 +117,23 @@ def eps_loss(
 
 @torch.no_grad()
 def encode_pool(
-    vae: AutoencoderKL, pool: TrainingPool, cache: Path | None, batch: int = 16
+    vae: AutoencoderKL | AutoencoderTiny, pool: TrainingPool, cache: Path | None, batch: int = 16
 ) -> tuple[torch.Tensor, ...]:
-    """Posterior mean and std of every pool crop, (N, C, h, w) each; cached in ``cache`` if given."""
+    """Posterior mean and std of every pool crop, (N, C, h, w) each (an ``AutoencoderTiny`` is
+    deterministic: std 0); cached in ``cache`` if given."""
     if cache is not None and cache.is_file():
         data = load_file(str(cache))
         if data["mean"].shape[0] == len(pool):
             return data["mean"], data["std"]
     means, stds = [], []
     for start in progress(range(0, len(pool), batch), desc="encoding latents", unit="batch"):
-        dist = vae.encode(to_tensor(pool.images[start : start + batch])).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        encoded = vae.encode(to_tensor(pool.images[start : start + batch]))
+        if hasattr(encoded, "latent_dist"):  # AutoencoderKL: a diagonal Gaussian per latent
+            means.append(encoded.latent_dist.mean)
+            stds.append(encoded.latent_dist.std)
+        else:  # AutoencoderTiny
+            means.append(encoded.latents)
+            stds.append(torch.zeros_like(encoded.latents))
     mean, std = torch.cat(means), torch.cat(stds)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, MultiControlNetModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, MultiControlNetModel, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -40,8 +40,10 @@ from pipelines.bundle import load_bundle
 from pipelines.conditioning import (
     TextMetadataConditioningMixin,
     check_metadata_components,
+    encode_latents,
     scheduler_step_kwargs,
     tail_timesteps,
+    vae_scale_factor,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | AutoencoderTiny,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
@@ -101,7 +103,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
             scheduler=scheduler, metadata_encoder=metadata_encoder,
         )  # fmt: skip
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(self.vae)
         self.control_names: list[str] = [f"control_{i}" for i in range(len(controlnet.nets))]
         self.guide_controls = False  # set from rsgen_model.json by from_bundle
         self.layout_strength = 1.0  # default of __call__'s layout_strength; from_bundle sets the card's
@@ -258,8 +260,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> scaled latent (B, C, h, w) (distribution mode: deterministic)."""
-        latent = self.vae.encode(image.to(self.vae.dtype) * 2 - 1).latent_dist.mode()
-        return latent * self.vae.config.scaling_factor
+        return encode_latents(self.vae, image.to(self.vae.dtype) * 2 - 1)
 
     def prepare_controls(
         self, controls: Mapping[str, torch.Tensor], device: torch.device, do_cfg: bool

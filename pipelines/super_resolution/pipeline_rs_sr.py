@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -38,8 +38,10 @@ from pipelines.bundle import load_bundle
 from pipelines.conditioning import (
     TextMetadataConditioningMixin,
     check_metadata_components,
+    encode_latents,
     scheduler_step_kwargs,
     tail_timesteps,
+    vae_scale_factor,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | AutoencoderTiny,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
@@ -101,7 +103,7 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
             scheduler=scheduler,
             metadata_encoder=metadata_encoder,
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(self.vae)
 
     @classmethod
     def from_bundle(
@@ -250,7 +252,7 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
         metadata_embeds = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
         dtype = self.unet.dtype
         lr = image.to(device=device, dtype=self.vae.dtype) * 2 - 1  # (B, bands, H, W) in [-1, 1]
-        lr_latent = self.vae.encode(lr).latent_dist.mode() * self.vae.config.scaling_factor  # (B, C, h, w)
+        lr_latent = encode_latents(self.vae, lr)  # (B, C, h, w)
         start_latent = lr_latent
         lr_latent = torch.cat([lr_latent] * 2) if do_cfg else lr_latent  # (nB, C, h, w)
         if use_reference:

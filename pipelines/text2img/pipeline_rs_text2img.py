@@ -1,6 +1,6 @@
 """Text + metadata conditioned text-to-image for remote sensing.
 
-Components: ``vae`` (AutoencoderKL), ``text_encoder`` + ``tokenizer`` (CLIP), ``unet``
+Components: ``vae`` (AutoencoderKL or AutoencoderTiny), ``text_encoder`` + ``tokenizer`` (CLIP), ``unet``
 (UNet2DConditionModel), ``scheduler`` (any diffusers scheduler) and, optionally,
 ``metadata_encoder`` (:class:`conditions.MetadataEncoder`). With a metadata encoder the UNet has
 ``class_embed_type="identity"`` and the metadata embedding is added to its time embedding.
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
@@ -34,7 +34,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from conditions.metadata import Metadata
 from conditions.metadata_encoder import MetadataEncoder
 from pipelines.bundle import ModelCard, load_bundle, resolve_bundle
-from pipelines.conditioning import TextMetadataConditioningMixin, check_metadata_components, scheduler_step_kwargs
+from pipelines.conditioning import (
+    TextMetadataConditioningMixin,
+    check_metadata_components,
+    scheduler_step_kwargs,
+    vae_scale_factor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | AutoencoderTiny,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
@@ -73,7 +78,7 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             scheduler=scheduler,
             metadata_encoder=metadata_encoder,
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(self.vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     @classmethod
