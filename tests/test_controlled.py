@@ -337,7 +337,7 @@ def test_layout_strength_starts_from_the_painted_mask(prior_pipe, ctrl_pipe):
     painted = prior_pipe.encode_image(prior_pipe.paint_layout(_layout()))  # (1, C, 8, 8)
     distance = [float((x - painted).abs().mean()) for x in (free, half, run(layout_strength=0.1))]
     assert distance[2] < distance[1] < distance[0]
-    with pytest.raises(ValueError, match=r"layout_strength < 1 needs the model card's class_colors"):
+    with pytest.raises(ValueError, match=r"layout_strength=0\.5: this model's card has no class_colors"):
         ctrl_pipe("x", controls={"mask": _layout()}, num_inference_steps=2, layout_strength=0.5)
     with pytest.raises(ValueError, match=r"layout_strength < 1 paints the 'mask' control"):
         prior_pipe("x", controls={"canny": _layout()}, num_inference_steps=2)

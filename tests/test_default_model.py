@@ -47,7 +47,7 @@ def test_default_model_ships_safely_and_small():
         assert needed in text
 
 
-def _generate(pipe: RSControlledPipeline, layout: np.ndarray, seed: int) -> np.ndarray:
+def _generate(pipe: RSControlledPipeline, layout: np.ndarray, seed: int, layout_strength: float) -> np.ndarray:
     control = encode_color(SemanticMask(layout, CANONICAL))[None]  # (1, 3, 256, 256)
     out = pipe(
         "aerial image of a suburb",
@@ -57,22 +57,31 @@ def _generate(pipe: RSControlledPipeline, layout: np.ndarray, seed: int) -> np.n
         guidance_scale=3.0,
         generator=torch.Generator().manual_seed(seed),
         output_type="np",
+        layout_strength=layout_strength,
     ).images[0]  # fmt: skip (256, 256, 3) in [0, 1]
     assert out.shape == (256, 256, 3) and np.isfinite(out).all()
     return (out * 255).round().astype(np.uint8)
 
 
-def test_default_model_follows_the_mask(default_pipe):
+# (layout_strength, least mean margin over chance). 1.0 is the network alone, sampling from pure noise;
+# the card's default starts from the mask painted in the training data's class colours. Measured at
+# release: MARGINS_MEASURED below.
+MARGIN_CHECKS = [(1.0, 0.10), (None, 0.20)]
+
+
+@pytest.mark.parametrize(("layout_strength", "least_margin"), MARGIN_CHECKS)
+def test_default_model_follows_the_mask(default_pipe, layout_strength, least_margin):
+    strength = default_pipe.layout_strength if layout_strength is None else layout_strength
     margins = []
     generated = {}
     for path in sorted(EXAMPLE_LAYOUTS.glob("town_*.png")):
         layout = np.asarray(Image.open(path))  # (256, 256) canonical ids
-        image = _generate(default_pipe, layout, seed=0)
+        image = _generate(default_pipe, layout, seed=0, layout_strength=strength)
         with_mask, chance = mask_following(image, layout)  # chance: the layout rotated by 90° / 180°
         assert with_mask > chance, (path.name, with_mask, chance)
         margins.append(with_mask - chance)
         generated[path.name] = (image, grouped(layout))
-    assert np.mean(margins) > 0.08, margins  # measured at release: 0.11-0.18 per layout
+    assert np.mean(margins) > least_margin, margins
 
     # The brightness contrast between roads and vegetation points the same way as in real imagery
     # (LoveDA tile 1, same class groups): roads are brighter than the vegetation around them.
@@ -89,6 +98,38 @@ def test_default_model_follows_the_mask(default_pipe):
             brightness(image.astype(np.float64), labels, "road") - brightness(image, labels, "vegetation")
         )
         assert gen_sign == real_sign, name
+
+
+def test_default_sr_is_not_worse_than_bicubic_on_real_crops():
+    """×4 on real 128² crops (LEVIR-CD, WHU-CD, LoveDA), as `rsgen sr` runs it (the card's strength,
+    LR consistency): PSNR against the real HR within 0.5 dB of bicubic or better."""
+    from gen.train.sr import degrade
+
+    paths = ["change/levir_cd_1024/A", "change/whu_cd/B", "seg/loveda/images"]
+    crops = []
+    for folder in paths:
+        first = sorted(shared_file(folder).iterdir())[0]
+        image = np.asarray(Image.open(first).convert("RGB"))
+        y, x = image.shape[0] // 2 - 64, image.shape[1] // 2 - 64
+        crops.append(image[y : y + 128, x : x + 128])
+    hr = np.stack(crops)  # (3, 128, 128, 3) uint8
+    up = degrade(hr, 4)  # block-averaged ×4, bicubic back
+    sr = RSSuperResolutionPipeline.from_bundle(None)
+    sr.set_progress_bar_config(disable=True)
+    out = sr(
+        torch.from_numpy(up).permute(0, 3, 1, 2).float() / 255,
+        num_inference_steps=20,
+        strength=sr.model_card.sr_strength,
+        lr_scale=4,
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    out = (out * 255).round()  # (3, 128, 128, 3)
+
+    def psnr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+    model, bicubic = psnr(out, hr), psnr(up, hr)
+    assert model > bicubic - 0.5, (model, bicubic)
 
 
 def test_default_model_serves_text_to_image_and_sr():

@@ -211,17 +211,12 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     ) -> float:
         """The layout strength of a call (``None``: ``self.layout_strength``), checked against its inputs."""
         value = self.layout_strength if layout_strength is None else layout_strength
-        if not isinstance(value, int | float) or not 0 < value <= 1:
-            raise ValueError(f"layout_strength={value!r}: expected a number in (0, 1] (1 = off)")
+        problem = self._layout_strength_problem(value)
+        if problem:
+            raise ValueError(f"layout_strength={value!r}: {problem}")
         if value < 1:
-            card = getattr(self, "model_card", None)
             if "mask" not in controls:
                 raise ValueError("layout_strength < 1 paints the 'mask' control; pass controls={'mask': ...} or use 1")
-            if card is None or not card.class_colors:
-                raise ValueError(
-                    "layout_strength < 1 needs the model card's class_colors (mean RGB per class; `rsgen train` "
-                    "writes them); this model has none, so use layout_strength=1"
-                )
             if int(num_inference_steps * value) < 1:
                 raise ValueError(
                     f"layout_strength={value} × num_inference_steps={num_inference_steps} runs no "
@@ -231,14 +226,18 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
     def set_layout_strength(self, value: float, argument: str = "layout_strength") -> None:
         """Set the default ``layout_strength`` (e.g. from a job option named ``argument``), checked now."""
+        problem = self._layout_strength_problem(value)
+        if problem:
+            raise ValueError(f"{argument} {value!r}: {problem}")
+        self.layout_strength = float(value)
+
+    def _layout_strength_problem(self, value: object) -> str | None:
         if not isinstance(value, int | float) or not 0 < value <= 1:
-            raise ValueError(f"{argument} {value!r}: expected a number in (0, 1] (1 = sample from pure noise)")
+            return "expected a number in (0, 1] (1 = sample from pure noise)"
         card = getattr(self, "model_card", None)
         if value < 1 and (card is None or not card.class_colors):
-            raise ValueError(
-                f"{argument} {value}: this model's card has no class_colors to paint the layout with; use 1"
-            )
-        self.layout_strength = float(value)
+            return "this model's card has no class_colors to paint the layout with (`rsgen train` writes them); use 1"
+        return None
 
     def paint_layout(self, mask_control: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) canonical colour mask in [0, 1] (or uint8) → (B, 3, H, W) in [0, 1]: every class
