@@ -136,6 +136,8 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
         guidance_scale: float,
         output_type: str,
         generator: torch.Generator | list[torch.Generator] | None,
+        strength: float = 1.0,
+        lr_scale: float | None = None,
     ) -> None:
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise ValueError(f"image: expected a (B, bands, H, W) tensor, got {getattr(image, 'shape', type(image))}")
@@ -183,6 +185,17 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
             raise ValueError(f"output_type='pil' needs 3 bands, this model has {bands}; use 'np'")
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"generator: got {len(generator)} generators for {batch} images; pass one per image")
+        if not isinstance(strength, int | float) or not 0 < strength <= 1:
+            raise ValueError(f"strength={strength!r}: expected a number in (0, 1] (1 = start from pure noise)")
+        if int(num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"strength={strength} × num_inference_steps={num_inference_steps} runs no denoising step; "
+                "raise either so that their product is >= 1"
+            )
+        if lr_scale is not None and (not isinstance(lr_scale, int | float) or not 1 <= lr_scale < width):
+            raise ValueError(
+                f"lr_scale={lr_scale!r}: expected the LR → output factor, >= 1 (None disables LR consistency)"
+            )
 
     def _scaled_residual(self, residual: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
         if isinstance(strength, torch.Tensor):
@@ -220,19 +233,8 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
         # 1. Check inputs
         self.check_inputs(
             image, reference, reference_strength, prompt, metadata, num_inference_steps, guidance_scale,
-            output_type, generator,
+            output_type, generator, strength=strength, lr_scale=lr_scale,
         )  # fmt: skip
-        if not isinstance(strength, int | float) or not 0 < strength <= 1:
-            raise ValueError(f"strength={strength!r}: expected a number in (0, 1] (1 = start from pure noise)")
-        if int(num_inference_steps * strength) < 1:
-            raise ValueError(
-                f"strength={strength} × num_inference_steps={num_inference_steps} runs no denoising step; "
-                "raise either so that their product is >= 1"
-            )
-        if lr_scale is not None and (not isinstance(lr_scale, int | float) or not 1 <= lr_scale < image.shape[-1]):
-            raise ValueError(
-                f"lr_scale={lr_scale!r}: expected the LR → output factor, >= 1 (None disables LR consistency)"
-            )
         batch = image.shape[0]
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
