@@ -380,7 +380,7 @@ def _scene_sample(
 
 
 def _provenance(job: Any, pipe: RSControlledPipeline, task: str, index: int, conditions: list) -> dict[str, Any]:
-    return {
+    record = {
         **sample_record(
             task,
             pipe,
@@ -397,6 +397,9 @@ def _provenance(job: Any, pipe: RSControlledPipeline, task: str, index: int, con
         "control_scales": dict(getattr(job, "control_scales", {})),
         "control_guidance": {k: list(v) for k, v in getattr(job, "control_guidance", {}).items()},
     }
+    if not (getattr(job, "layouts", None) or getattr(job, "mask", None)):  # no mask control: no layout prior ran
+        record["sampling"]["layout_strength"] = 1.0
+    return record
 
 
 @dataclass

@@ -162,7 +162,11 @@ def test_generate_from_real_mask_and_errors(ctrl_bundle, tmp_path, caplog):
     assert main(args) == 2 and "unknown class id(s)" in caplog.text
 
 
-def test_inpaint_job_on_a_real_image(ctrl_bundle, tmp_path):
+@pytest.mark.parametrize("bundle", ["ctrl_bundle", "prior_bundle"])
+def test_inpaint_job_on_a_real_image(bundle, request, tmp_path):
+    """Also with a card that sets a layout prior: inpainting has no mask control to paint, so it samples
+    from noise and records layout_strength 1."""
+    ctrl_bundle = request.getfixturevalue(bundle)
     with rasterio.open(shared_file("change/levir_like/A/test_2_0000_0000.png")) as src:
         rgb = src.read(window=((0, 64), (0, 64)))
     image, region = tmp_path / "a.png", tmp_path / "r.png"
@@ -183,6 +187,7 @@ def test_inpaint_job_on_a_real_image(ctrl_bundle, tmp_path):
     assert (out[:, 16:40, 24:56] != rgb[:, 16:40, 24:56]).mean() > 0.5
     sidecar = json.loads((tmp_path / "o" / "000000.json").read_text())
     assert sidecar["changed_pixels"] == 28 * 36 and sidecar["feather_px"] == 2
+    assert sidecar["sampling"]["layout_strength"] == 1.0
 
 
 def test_scene_that_fits_one_tile_equals_a_single_call(ctrl_pipe):
@@ -340,7 +345,19 @@ def test_layout_strength_starts_from_the_painted_mask(prior_pipe, ctrl_pipe):
     with pytest.raises(ValueError, match=r"layout_strength=0\.5: this model's card has no class_colors"):
         ctrl_pipe("x", controls={"mask": _layout()}, num_inference_steps=2, layout_strength=0.5)
     with pytest.raises(ValueError, match=r"layout_strength < 1 paints the 'mask' control"):
-        prior_pipe("x", controls={"canny": _layout()}, num_inference_steps=2)
+        prior_pipe("x", controls={"canny": _layout()}, num_inference_steps=2, layout_strength=0.5)
+    # The card's default applies only where there is a mask to paint: an edge control alone samples as before.
+    edges = prior_pipe("x", controls={"canny": _layout()}, num_inference_steps=2, generator=sample_generators(0, [0]))
+    assert np.array_equal(
+        edges.images,
+        prior_pipe(
+            "x",
+            controls={"canny": _layout()},
+            num_inference_steps=2,
+            generator=sample_generators(0, [0]),
+            layout_strength=1.0,
+        ).images,
+    )
     with pytest.raises(ValueError, match=r"layout_strength=0: expected a number in \(0, 1\]"):
         prior_pipe("x", controls={"mask": _layout()}, num_inference_steps=2, layout_strength=0)
     with pytest.raises(ValueError, match=r"layout_strength=0\.5 × num_inference_steps=1 runs no denoising step"):

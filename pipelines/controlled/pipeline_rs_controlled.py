@@ -209,8 +209,13 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     def check_layout_strength(
         self, layout_strength: float | None, controls: Mapping[str, torch.Tensor], num_inference_steps: int
     ) -> float:
-        """The layout strength of a call (``None``: ``self.layout_strength``), checked against its inputs."""
-        value = self.layout_strength if layout_strength is None else layout_strength
+        """The layout strength of a call, checked against its inputs. ``None`` takes ``self.layout_strength``
+        (the card's) for calls with a ``mask`` control and 1 for the others (e.g. inpainting with an edge
+        control only); an explicit value < 1 without a mask is an error."""
+        if layout_strength is None:
+            value = self.layout_strength if "mask" in controls else 1.0
+        else:
+            value = layout_strength
         problem = self._layout_strength_problem(value)
         if problem:
             raise ValueError(f"layout_strength={value!r}: {problem}")
