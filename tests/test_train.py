@@ -146,7 +146,11 @@ def test_autoencoder_trains_resumes_bit_identically_and_exports(tmp_path):
 
     # Stop at step 3 (as if killed after that checkpoint), then resume to 6: same weights, bit for bit.
     train(parse_train_config(config("autoencoder", tmp_path / "b", max_steps=3)), export=False)
+    with open(tmp_path / "b" / "log.jsonl", "a", encoding="utf-8") as log_file:  # logged, then killed before step 6
+        log_file.write('{"step": 4, "loss": 9.0}\n{"step": 5, "loss": 9.0}\n')
     train(parse_train_config(config("autoencoder", tmp_path / "b", max_steps=6)), export=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the killed run's lines after its checkpoint are dropped, not repeated
     a, b = _weights(list_checkpoints(tmp_path / "a")[-1]), _weights(list_checkpoints(tmp_path / "b")[-1])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

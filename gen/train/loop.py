@@ -95,6 +95,18 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps after ``step`` (written by a run killed after its last checkpoint),
+    so that a resumed run does not log those steps twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        logger.info("log.jsonl: dropped %d line(s) after step %d", len(lines) - len(kept), step)
+
+
 def list_checkpoints(out_dir: Path) -> list[Path]:
     folder = out_dir / "checkpoints"
     if not folder.is_dir():
@@ -194,6 +206,8 @@ def run_training(
         state = load_checkpoint(checkpoints[-1], objective, ema, optimizer)
         start, history = int(state["step"]), list(state.get("history", []))
         logger.info("resumed from %s (step %d)", checkpoints[-1], start)
+        if accelerator.is_main_process:
+            _truncate_log(out / "log.jsonl", start)
     warm = lr_lambda(config.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warm(s + start))
     # The LR schedule is stepped by hand once per optimizer update (accelerate would step it once per process).
