@@ -87,6 +87,10 @@ class SRJob:
         if self.ref_strength_map is not None and self.ref is None:
             raise ValueError("ref_strength_map needs a reference (--ref)")
 
+    def strength_for(self, pipe: RSSuperResolutionPipeline) -> float:
+        """The sampling strength this job runs with: ``strength``, or the model card's ``sr_strength``."""
+        return self.strength if self.strength is not None else pipe.model_card.sr_strength
+
 
 def _next_to(nodata: float, dtype: np.dtype) -> float:
     """The value closest to ``nodata`` that is not ``nodata`` (for valid pixels that hit it)."""
@@ -106,7 +110,7 @@ def provenance(job: SRJob, pipe: RSSuperResolutionPipeline, grid: OutputGrid, **
         "prompt": job.prompt,
         "steps": job.steps,
         "guidance_scale": job.guidance,
-        "strength": job.strength if job.strength is not None else pipe.model_card.sr_strength,
+        "strength": job.strength_for(pipe),
         "lr_consistency": job.lr_consistency,
         "job_seed": job.seed,
         "tile_seed": "sample_seed(job_seed, tile_index), tiles in row-major order",
@@ -217,7 +221,7 @@ def run_sr(job: SRJob, pipe: RSSuperResolutionPipeline | None = None) -> Path:
                         prompt=job.prompt,
                         num_inference_steps=job.steps,
                         guidance_scale=job.guidance,
-                        strength=job.strength if job.strength is not None else pipe.model_card.sr_strength,
+                        strength=job.strength_for(pipe),
                         lr_scale=job.scale if job.lr_consistency else None,
                         generator=sample_generators(job.seed, [index]),
                         output_type="pt",

@@ -125,7 +125,7 @@ class AutoencoderTask:
             vae = load_autoencoder(config.init_from, allow_tiny=False).requires_grad_(True).train()
         self.frozen_scaling_factor: float | None = None
         if not config.model.train_encoder:  # type: ignore[union-attr]
-            vae.encoder.requires_grad_(False).eval()
+            vae.encoder.requires_grad_(False)
             vae.quant_conv.requires_grad_(False)
             self.frozen_scaling_factor = float(vae.config.scaling_factor)
         self.objective = AutoencoderObjective(vae, pool, config)
