@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 def naive(spec_data: dict, out: Path, threads: int) -> None:
     import torch
 
+    from core.seeding import sample_generators
     from gen.job_spec import validate_spec
-    from gen.seeding import sample_generators
     from pipelines.text2img import RSText2ImagePipeline
     from synth_datasets.sample_writer import write_image_sample
 

@@ -33,8 +33,8 @@ def child(model: str, size: int, steps: int, mode: str) -> None:
     import torch
 
     from conditions import Metadata
+    from core.seeding import sample_generators
     from gen.controlled_job import GenerateJob, run_generate
-    from gen.seeding import sample_generators
     from pipelines.controlled import RSControlledPipeline
 
     logging.disable(logging.WARNING)

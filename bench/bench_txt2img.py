@@ -22,7 +22,7 @@ import torch
 import transformers.utils.logging
 from diffusers import StableDiffusionPipeline
 
-from gen.seeding import sample_seed
+from core.seeding import sample_seed
 from gen.txt2img_job import Txt2ImgJob, run_txt2img
 from pipelines.tiny_bundle import TinyBundleConfig, build_tiny_bundle
 

@@ -29,7 +29,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 
-from conditions.hashing import sha256_file
+from core.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 
-from conditions.hashing import sha256_file
 from conditions.palettes import CANONICAL, IGNORE, Palette, PaletteError, check_ids, get_palette
+from core.hashing import sha256_file
 
 
 class MaskError(ValueError):

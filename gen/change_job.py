@@ -26,11 +26,14 @@ import torch
 from conditions.change_captions import change_captions, change_qa
 from conditions.change_events import ChangeConfig, ChangeError, ChangeResult, simulate_change
 from conditions.distractors import apply_distractors, check_distractors
-from conditions.hashing import sha256_file
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, IGNORE
 from conditions.vectors import LayerRule, LayoutLabels, TargetGrid, VectorError, rasterize_layout
+from core.device import resolve_device
+from core.hashing import sha256_file
+from core.progress import progress
+from core.seeding import sample_seed
 from gen.controlled_job import (
     layout_centre,
     layout_labels_at,
@@ -39,10 +42,7 @@ from gen.controlled_job import (
     read_uint8_rgb,
     with_centre,
 )
-from gen.progress import progress
 from gen.provenance import sample_record
-from gen.seeding import sample_seed
-from gen.txt2img_job import resolve_device
 from pipelines.controlled import RSControlledPipeline
 from synth_datasets.change_writer import LAYOUTS, write_change_pair
 from synth_datasets.geotiff import GeoReference

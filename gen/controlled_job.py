@@ -26,15 +26,15 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from shapely.ops import unary_union
 
-from conditions.hashing import sha256_file
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
 from conditions.vectors import LayerRule, LayoutLabels, TargetGrid, VectorError, attribute_classifier, read_vector
-from gen.progress import progress
+from core.device import resolve_device
+from core.hashing import sha256_file
+from core.progress import progress
+from core.seeding import sample_generators
 from gen.provenance import sample_record
-from gen.seeding import sample_generators
-from gen.txt2img_job import resolve_device
 from pipelines.controlled import RSControlledPipeline
 from pipelines.controlled.scene import check_scene, decode_scene, scene_latents
 from synth_datasets.geotiff import GeoReference, geotiff_window_writer, utm_crs_for

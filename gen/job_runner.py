@@ -34,17 +34,17 @@ import numpy as np
 import torch
 import yaml
 
-from conditions.hashing import sha256_file
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL
+from core.atomic import atomic_write_text, remove_stale_temporaries
+from core.device import resolve_device
+from core.hashing import sha256_file
+from core.progress import progress
+from core.seeding import sample_generators, sample_seed
 from gen.job_spec import JobSpec
-from gen.progress import progress
 from gen.provenance import sample_record
-from gen.seeding import sample_generators, sample_seed
 from gen.sr_job import run_sr
-from gen.txt2img_job import resolve_device
-from synth_datasets.atomic import atomic_write_text, remove_stale_temporaries
 from synth_datasets.geotiff import GeoReference, georeference_from_point
 from synth_datasets.layout_writer import write_layout_sample
 from synth_datasets.sample_writer import write_image_sample

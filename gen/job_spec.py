@@ -38,7 +38,7 @@ import yaml
 
 from conditions.metadata import Metadata, MetadataError, parse_date
 from conditions.palettes import PALETTES
-from gen.seeding import sample_seed
+from core.seeding import sample_seed
 
 TASKS = ("txt2img", "generate", "layout", "sr", "change_pairs")
 FORMATS = ("png", "geotiff")

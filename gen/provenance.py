@@ -28,7 +28,7 @@ def sample_record(
     metadata: Any,
 ) -> dict[str, Any]:
     """``base_record`` plus what regenerates one sample: its index and seed, steps, guidance, text, metadata."""
-    from gen.seeding import sample_seed
+    from core.seeding import sample_seed
 
     return {
         **base_record(task, pipe, model_source),

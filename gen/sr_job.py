@@ -23,7 +23,6 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from conditions.hashing import sha256_file
 from conditions.raster_input import (
     OutputGrid,
     Radiometry,
@@ -33,13 +32,14 @@ from conditions.raster_input import (
     open_raster,
     parse_bands,
 )
-from gen.progress import progress
+from core.atomic import atomic_write_text
+from core.device import resolve_device
+from core.hashing import sha256_file
+from core.progress import progress
+from core.seeding import sample_generators
 from gen.provenance import base_record
-from gen.seeding import sample_generators
-from gen.txt2img_job import resolve_device
 from pipelines.super_resolution import RSSuperResolutionPipeline
 from pipelines.tiling import StripBlender, ramp, tile_starts
-from synth_datasets.atomic import atomic_write_text
 from synth_datasets.geotiff import geotiff_window_writer
 
 logger = logging.getLogger(__name__)

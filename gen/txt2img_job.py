@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from conditions.metadata import Metadata
-from gen.progress import progress
+from core.device import resolve_device
+from core.progress import progress
+from core.seeding import sample_generators
 from gen.provenance import sample_record
-from gen.seeding import sample_generators
 from pipelines.text2img import RSText2ImagePipeline
 from synth_datasets.geotiff import georeference_from_point
 from synth_datasets.sample_writer import FORMATS, WrittenSample, write_image_sample
@@ -60,14 +59,6 @@ class Txt2ImgJob:
             )
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
 
 
 def load_pipeline(model: str, *, allow_pickle: bool = False, device: str = "auto") -> RSText2ImagePipeline:

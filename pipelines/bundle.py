@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 from safetensors import safe_open
 
-from conditions.hashing import sha256_file
-from synth_datasets.atomic import atomic_write_text
+from core.atomic import atomic_write_text
+from core.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from conditions.metadata_encoder import MetadataEncoder
+from core.atomic import atomic_dir
 from pipelines.bundle import BundleError, ModelCard
 from pipelines.controlled.pipeline_rs_controlled import RSControlledPipeline
 from pipelines.super_resolution.pipeline_rs_sr import RSSuperResolutionPipeline
 from pipelines.text2img.pipeline_rs_text2img import RSText2ImagePipeline
 from pipelines.tiny_tokenizer import build_tiny_clip_tokenizer
-from synth_datasets.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 

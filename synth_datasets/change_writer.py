@@ -20,7 +20,7 @@ import numpy as np
 import PIL.Image
 
 from conditions.palettes import CANONICAL, get_palette
-from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_write_bytes, atomic_write_text
 from synth_datasets.geotiff import GeoReference, write_geotiff
 from synth_datasets.reader import read_raster
 

@@ -20,7 +20,7 @@ from rasterio import features
 from rasterio.warp import transform_bounds
 
 from conditions.palettes import CANONICAL
-from synth_datasets.atomic import atomic_path, atomic_write_text
+from core.atomic import atomic_path, atomic_write_text
 from synth_datasets.reader import RsgenDataset
 
 logger = logging.getLogger(__name__)

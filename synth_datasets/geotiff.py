@@ -22,7 +22,7 @@ from pyproj import CRS, Transformer
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine, from_origin
 
-from synth_datasets.atomic import atomic_path
+from core.atomic import atomic_path
 
 RGB_DESCRIPTIONS = ("red", "green", "blue")
 

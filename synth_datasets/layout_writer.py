@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from conditions.hashing import sha256_file
 from conditions.vectors import LayoutObject
-from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_write_bytes, atomic_write_text
+from core.hashing import sha256_file
 from synth_datasets.geotiff import GeoReference, write_geotiff
 from synth_datasets.sample_writer import WrittenSample, write_image_sample
 

@@ -19,7 +19,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 from conditions.palettes import CANONICAL
-from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_write_bytes, atomic_write_text
 from synth_datasets.reader import RsgenDataset
 
 THUMB = 192

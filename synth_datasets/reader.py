@@ -19,7 +19,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from conditions.hashing import sha256_file
+from core.hashing import sha256_file
 
 
 class DatasetError(ValueError):

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from conditions.hashing import sha256_file
-from synth_datasets.atomic import atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_write_bytes, atomic_write_text
+from core.hashing import sha256_file
 from synth_datasets.geotiff import RGB_DESCRIPTIONS, GeoReference, write_geotiff
 
 FORMATS = ("png", "geotiff")

@@ -11,9 +11,9 @@ import pytest
 import rasterio
 from pyproj import CRS
 
-from conditions.hashing import sha256_file
+from core.hashing import sha256_file
+from core.seeding import sample_seed
 from gen.cli import main
-from gen.seeding import sample_seed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ import rasterio
 import torch
 
 from conditions.palettes import CANONICAL
+from core.seeding import sample_generators
 from gen.cli import main
 from gen.controlled_job import GenerateJob, InpaintJob, parse_layout_spec, run_generate, run_inpaint
-from gen.seeding import sample_generators
 from pipelines.controlled import RSControlledPipeline, feather_weights
 from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
 from tests.conftest import shared_file

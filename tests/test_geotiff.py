@@ -6,9 +6,9 @@ import rasterio
 from pyproj import CRS, Transformer
 
 from conditions import Metadata
-from conditions.hashing import sha256_file
-from synth_datasets import atomic_path, georeference_from_point, utm_crs_for, write_geotiff, write_image_sample
-from synth_datasets.atomic import TMP_PREFIX, remove_stale_temporaries
+from core.atomic import TMP_PREFIX, atomic_path, remove_stale_temporaries
+from core.hashing import sha256_file
+from synth_datasets import georeference_from_point, utm_crs_for, write_geotiff, write_image_sample
 from tests.conftest import shared_file
 
 

@@ -11,8 +11,8 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from conditions.raster_input import OutputGrid, Radiometry, RasterInputError, RasterSource
+from core.seeding import sample_generators
 from gen.cli import main
-from gen.seeding import sample_generators
 from gen.sr_job import SRJob, run_sr
 from pipelines import BundleError
 from pipelines.super_resolution import RSSuperResolutionPipeline

@@ -5,7 +5,7 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
 from conditions import Metadata, MetadataError
-from gen.seeding import sample_generators, sample_seed
+from core.seeding import sample_generators, sample_seed
 
 PROMPT = "dense residential buildings near a river"
 MD = Metadata(gsd=0.5, lat=52.3, lon=4.9, date="2021-06-01", cloud=0.1, sensor="aerial")

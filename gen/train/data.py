@@ -35,7 +35,7 @@ from rasterio.warp import transform as warp_transform
 from conditions.masks import IGNORE
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, get_palette
-from gen.progress import progress
+from core.progress import progress
 
 logger = logging.getLogger(__name__)
 

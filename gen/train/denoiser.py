@@ -34,11 +34,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from conditions.hashing import sha256_file
 from conditions.masks import IGNORE
 from conditions.metadata_encoder import MetadataEncoder
 from conditions.palettes import CANONICAL
-from gen.progress import progress
+from core.hashing import sha256_file
+from core.progress import progress
 from gen.train.autoencoder import load_autoencoder, to_tensor, to_uint8
 from gen.train.config import DenoiserArch, TrainConfig
 from gen.train.data import TrainingPool, build_pool

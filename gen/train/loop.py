@@ -34,9 +34,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gen.progress import progress
+from core.atomic import atomic_dir, atomic_write_text
+from core.progress import progress
 from gen.train.config import TrainConfig
-from synth_datasets.atomic import atomic_dir, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
