@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 def naive(spec_data: dict, out: Path, threads: int) -> None:
     import torch
+    from gen.job_spec import validate_spec
 
     from core.seeding import sample_generators
-    from gen.job_spec import validate_spec
     from pipelines.text2img import RSText2ImagePipeline
     from synth_datasets.sample_writer import write_image_sample
 

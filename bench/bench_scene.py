@@ -31,10 +31,10 @@ VECTOR = REPO.parent / "shared" / "data" / "vector" / "osm_west_oakland"
 
 def child(model: str, size: int, steps: int, mode: str) -> None:
     import torch
+    from gen.controlled_job import GenerateJob, run_generate
 
     from conditions import Metadata
     from core.seeding import sample_generators
-    from gen.controlled_job import GenerateJob, run_generate
     from pipelines.controlled import RSControlledPipeline
 
     logging.disable(logging.WARNING)
@@ -52,9 +52,10 @@ def child(model: str, size: int, steps: int, mode: str) -> None:
         if mode == "tiled":
             run_generate(job, pipe)
         else:  # untiled baseline: the same layout as one pipeline call on the whole canvas
+            from gen.controlled_job import _layout_from_vectors
+
             from conditions.masks import SemanticMask, encode_color
             from conditions.palettes import CANONICAL
-            from gen.controlled_job import _layout_from_vectors
 
             labels, _ = _layout_from_vectors(job, size)
             control = encode_color(SemanticMask(labels.semantic, CANONICAL))[None]

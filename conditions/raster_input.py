@@ -281,3 +281,30 @@ def check_reference_overlap(lr: rasterio.io.DatasetReader, ref: rasterio.io.Data
             "of the same place"
         )
     return True
+
+
+@dataclass
+class RGBImage:
+    """An 8-bit RGB image read unscaled (inpainting must return its pixels bit for bit)."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8
+    crs: CRS | None
+    transform: Affine | None
+    source: str
+    sha256: str
+
+
+def read_uint8_rgb(path: str | os.PathLike, *, argument: str = "image") -> RGBImage:
+    """The first three bands of an 8-bit raster and its georeference; errors name ``argument``."""
+    from core.hashing import sha256_file
+
+    dataset = open_raster(path, argument=argument)
+    with warnings.catch_warnings(), dataset as src:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if src.count < 3 or src.dtypes[0] != "uint8":
+            raise RasterInputError(
+                f"{argument} {str(path)!r}: expected an 8-bit RGB image, got {src.count} band(s) {src.dtypes[0]}"
+            )
+        pixels = np.moveaxis(src.read([1, 2, 3]), 0, -1)  # (H, W, 3)
+        crs, transform = (src.crs, src.transform) if src.crs is not None else (None, None)
+    return RGBImage(pixels, crs, transform, str(path), sha256_file(path))

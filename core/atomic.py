@@ -80,10 +80,13 @@ def atomic_write_text(final: str | os.PathLike, text: str, *, fsync: bool = True
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporary files a killed writer left in ``folder``; returns how many."""
+    """Delete temporary files a killed writer left in ``folder`` and its sub-folders; returns how many."""
     removed = 0
-    for path in Path(folder).glob(f"{TMP_PREFIX}*"):
-        path.unlink(missing_ok=True)
+    for path in sorted(Path(folder).rglob(f"{TMP_PREFIX}*"), reverse=True):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed += 1
     return removed
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DEVICE_HELP = "auto (cuda if available), cpu or cuda[:N]"
@@ -22,3 +24,9 @@ def resolve_device(device: str = "auto", argument: str = "device") -> torch.devi
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"{argument}={device!r}: CUDA is not available on this machine; use cpu")
     return torch.device(device)
+
+
+def default_threads() -> int:
+    """torch threads when a job does not fix them: every core of this machine, the same number in every
+    process of a multi-process run, so a sample's bytes do not depend on how many processes ran."""
+    return os.cpu_count() or 1

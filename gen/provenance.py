@@ -7,10 +7,7 @@ import datetime as _dt
 import json
 from typing import Any
 
-import diffusers
-import torch
-import transformers
-
+from core.seeding import sample_seed
 from gen import __version__
 
 
@@ -28,8 +25,6 @@ def sample_record(
     metadata: Any,
 ) -> dict[str, Any]:
     """``base_record`` plus what regenerates one sample: its index and seed, steps, guidance, text, metadata."""
-    from core.seeding import sample_seed
-
     return {
         **base_record(task, pipe, model_source),
         "sample_index": index,
@@ -45,6 +40,10 @@ def sample_record(
 
 def base_record(task: str, pipe: Any, model_source: str) -> dict[str, Any]:
     """Fields shared by the sidecars of every task; jobs add their own inputs and seeds."""
+    import diffusers
+    import torch
+    import transformers
+
     card = pipe.model_card
     return {
         "rsgen_version": __version__,

@@ -23,6 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine, from_origin
 
 from core.atomic import atomic_path
+from core.geo import utm_crs_for
 
 RGB_DESCRIPTIONS = ("red", "green", "blue")
 
@@ -39,17 +40,6 @@ class GeoReference:
         left, top = self.transform @ (0, 0)
         right, bottom = self.transform @ (width, height)
         return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
-
-
-def utm_crs_for(lat: float, lon: float) -> CRS:
-    """The WGS84 / UTM zone CRS containing (lat, lon): EPSG 326zz north of the equator, 327zz south."""
-    if not -80.0 <= lat <= 84.0:
-        raise ValueError(
-            f"lat={lat}: UTM is defined between 80°S and 84°N; polar images need a polar stereographic CRS, "
-            "which rsgen does not pick automatically yet"
-        )
-    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 def georeference_from_point(lat: float, lon: float, gsd: float, height: int, width: int) -> GeoReference:

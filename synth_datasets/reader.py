@@ -1,4 +1,4 @@
-"""Read any rsgen dataset back: a job folder (``manifest.jsonl``) or a folder of samples with sidecars.
+"""Read any rsgen dataset back: an output folder (``manifest.jsonl``) or a folder of samples with sidecars.
 
 ``load_dataset(path)`` returns a :class:`RsgenDataset`; iterating it yields :class:`DatasetSample`
 records whose images and labels are loaded lazily from the files the manifest names, after
@@ -117,14 +117,6 @@ def load_dataset(path: str | os.PathLike) -> RsgenDataset:
                 raise DatasetError(f"{manifest}: line {number} is not JSON ({err.msg})") from None
             samples.append(DatasetSample(entry["id"], root, entry["files"], entry.get("sha256"), entry["provenance"]))
         index = json.loads((root / "index.json").read_text()) if (root / "index.json").is_file() else {}
-    elif (root / "changes").is_dir():  # a change-pair folder written by `rsgen change-pairs`
-        for path in sorted((root / "changes").glob("*.json")):
-            record = json.loads(path.read_text())
-            folders = ("A", "B", "label") if record["layout"] == "levir" else ("im1", "im2", "label1", "label2")
-            files = {f: f"{f}/{path.stem}{record.get('suffix', '.png')}" for f in folders}
-            files["changes"] = f"changes/{path.name}"
-            samples.append(DatasetSample(path.stem, root, files, None, record["provenance"]))
-        index = {"num_samples": len(samples)}
     else:
         for sidecar in sorted(root.glob("*.json")):
             record = json.loads(sidecar.read_text())
@@ -136,9 +128,7 @@ def load_dataset(path: str | os.PathLike) -> RsgenDataset:
             samples.append(DatasetSample(sidecar.stem, root, files, record["sha256"], record))
         index = {"num_samples": len(samples)}
     if not samples:
-        raise DatasetError(
-            f"dataset {str(root)!r}: no manifest.jsonl, changes/ or sample sidecars; is it an rsgen output?"
-        )
+        raise DatasetError(f"dataset {str(root)!r}: no manifest.jsonl or sample sidecars; is it an rsgen output?")
     for sample in samples:
         missing = [role for role, rel in sample.files.items() if not (root / rel).is_file()]
         if missing:

@@ -19,7 +19,7 @@ from conditions.vectors import (
     rasterize_layout,
     read_vector,
 )
-from synth_datasets.geotiff import utm_crs_for
+from core.geo import utm_crs_for
 from tests.conftest import shared_file
 
 LOVEDA_MASK = "seg/loveda/masks/0.png"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from gen.controlled_job import GenerateJob, InpaintJob, parse_layout_spec, run_generate, run_inpaint
 
 from conditions.palettes import CANONICAL
 from core.seeding import sample_generators
 from gen.cli import main
-from gen.controlled_job import GenerateJob, InpaintJob, parse_layout_spec, run_generate, run_inpaint
 from pipelines.controlled import RSControlledPipeline, feather_weights
 from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
 from tests.conftest import shared_file

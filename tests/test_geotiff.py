@@ -7,8 +7,9 @@ from pyproj import CRS, Transformer
 
 from conditions import Metadata
 from core.atomic import TMP_PREFIX, atomic_path, remove_stale_temporaries
+from core.geo import utm_crs_for
 from core.hashing import sha256_file
-from synth_datasets import georeference_from_point, utm_crs_for, write_geotiff, write_image_sample
+from synth_datasets import georeference_from_point, write_geotiff, write_image_sample
 from tests.conftest import shared_file
 
 

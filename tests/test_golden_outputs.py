@@ -1,9 +1,14 @@
 """Golden outputs: the pixels (and label/event records) every task produced before the task-layer redesign.
 
 The hashes below were recorded on ``main`` at 4870573, before any code of the redesign changed, by running
-each task through its CLI command and through ``rsgen run`` on tiny random bundles (and one quickstart
-pair on the built-in model). They cover decoded pixels, not file bytes: GeoTIFFs embed the provenance,
-whose fields may change; pixels may not.
+each task through its CLI command and through ``rsgen run`` on tiny random bundles (and one quickstart pair on
+the built-in model), with the option names of that time; ``_run_all`` runs the same jobs with today's names.
+They cover decoded pixels, not file bytes: GeoTIFFs embed the provenance, whose fields may change; pixels may
+not. The recording ran every case in one process, and the old job runner's ``torch.set_num_threads(1)`` (its
+default) stayed in force after the first job: so the first CLI case ran on 2 threads (this machine's default)
+and every later case on 1, as the ``threads`` options below say. (``rsgen sr`` alone changed: tile k of sample
+i is now seeded by ``sample_seed(sample_seed(seed, i), k)`` as ``rsgen run`` always did, so only the job path
+is pinned.)
 """
 
 import hashlib
@@ -227,54 +232,53 @@ def output_hashes(folder: Path) -> dict[str, str]:
 
 def _run_all(root: Path) -> dict[str, dict[str, str]]:
     from gen.cli import main
-    from gen.job_runner import run_job
-    from gen.job_spec import validate_spec
+    from gen.runner import run_job
+    from gen.tasks import spec_from_mapping
 
     i = _build_inputs(root / "in")
     out = root / "out"
     results = {}
 
-    def cli(name: str, *args: str) -> None:
-        assert main([*args, "--out", str(out / name)]) == 0, name
+    def cli(name: str, *args: str, threads: str = "1") -> None:
+        assert main([*args, "--threads", threads, "--out", str(out / name)]) == 0, name
         results[name] = output_hashes(out / name)
 
     def job(name: str, spec: dict) -> None:
-        run_job(validate_spec(spec), out / name)
+        run_job(spec_from_mapping({"threads": 1, **spec}), out / name)
         results[name] = output_hashes(out / name)
 
     md = ["--gsd", "0.5", "--lat", "52.37", "--lon", "4.89", "--date", "2021-06-01", "--sensor", "aerial"]
     cli("cli_txt2img", "txt2img", "--model", i["t2i"], "--prompt", "a river", *md, "--seed", "3", "--steps", "3",
-        "-n", "3", "--batch-size", "2")  # fmt: skip
+        "-n", "3", "--batch-size", "2", threads="2")  # fmt: skip
     job("job_txt2img", {"task": "txt2img", "model": i["t2i"], "num_samples": 6, "seed": 3, "batch_size": 2,
-        "shard_size": 4, "steps": 3, "prompts": ["a river", "houses"], "negative_prompt": "clouds",
-        "metadata": {"gsd": {"loguniform": [0.5, 2.0]}, "date": {"range": ["2019-01-01", "2020-12-31"]},
-                     "cloud": {"uniform": [0, 0.3]}, "sensor": {"choice": ["aerial", "naip"]}}})  # fmt: skip
-    cli("cli_generate_mask", "generate", "--model", i["ctrl"], "--mask", i["masks"] + "/m1.png", "--palette", "loveda",
-        "--prompt", "fields", "--seed", "1", "--steps", "2", "-n", "2", "--batch-size", "2")  # fmt: skip
+        "shard_size": 4, "steps": 3, "prompt": ["a river", "houses"], "negative_prompt": "clouds",
+        "gsd": {"loguniform": [0.5, 2.0]}, "date": {"range": ["2019-01-01", "2020-12-31"]},
+        "cloud": {"uniform": [0, 0.3]}, "sensor": {"choice": ["aerial", "naip"]}})  # fmt: skip
+    cli("cli_generate_mask", "generate", "--model", i["ctrl"], "--masks", i["masks"] + "/m1.png", "--palette",
+        "loveda", "--prompt", "fields", "--seed", "1", "--steps", "2", "-n", "2", "--batch-size", "2")  # fmt: skip
     job("job_generate_masks", {"task": "generate", "model": i["ctrl"], "num_samples": 4, "batch_size": 2,
-        "shard_size": 4, "steps": 2, "masks": {"dir": i["masks"], "palette": "loveda"},
-        "prompts": ["fields"]})  # fmt: skip
-    cli("cli_generate_vectors", "generate", "--model", i["ctrl"], "--layout", "buildings:" + i["buildings"],
-        "--layout", "roads:" + i["roads"], "--gsd", "2", "--size", "64", "--steps", "1", "-n", "2")  # fmt: skip
-    job("job_layout", {"task": "layout", "model": i["ctrl"], "num_samples": 3, "batch_size": 2, "shard_size": 3,
-        "steps": 1, "layouts": {"files": ["buildings:" + i["buildings"], "roads:" + i["roads"]], "gsd": 2.0,
-        "size": 64}})  # fmt: skip
+        "shard_size": 4, "steps": 2, "masks": i["masks"], "palette": "loveda", "prompt": ["fields"]})  # fmt: skip
+    cli("cli_generate_vectors", "generate", "--model", i["ctrl"], "--vectors", "buildings:" + i["buildings"],
+        "--vectors", "roads:" + i["roads"], "--gsd", "2", "--size", "64", "--steps", "1", "-n", "2")  # fmt: skip
+    job("job_layout", {"task": "generate", "model": i["ctrl"], "num_samples": 3, "batch_size": 2, "shard_size": 3,
+        "steps": 1, "vectors": ["buildings:" + i["buildings"], "roads:" + i["roads"]], "gsd": 2.0, "size": 64,
+        "location": "layers"})  # fmt: skip
     cli("cli_inpaint", "inpaint", "--model", i["ctrl"], "--image", i["image"], "--region", i["region"], "--feather",
         "2", "--steps", "2", "-n", "2", "--seed", "5")  # fmt: skip
     cli("cli_pairs_hybrid", "change-pairs", "--model", i["ctrl"], "--mode", "hybrid", "--images", i["A"], "--masks",
         i["label"], "--palette", "levir", "--change-fraction", "0.05", "--distractors", "illumination,misregistration",
         "-n", "3", "--steps", "2")  # fmt: skip
     job("job_pairs_hybrid", {"task": "change_pairs", "model": i["ctrl"], "num_samples": 3, "shard_size": 2,
-        "steps": 2, "change": {"mode": "hybrid", "images": i["A"], "masks": i["label"], "palette": "levir",
-        "change_fraction": 0.05, "distractors": ["illumination", "misregistration"]}})  # fmt: skip
-    cli("cli_pairs_full_second", "change-pairs", "--model", i["ctrl"], "--layouts", i["layouts"], "--palette",
-        "loveda", "--gsd", "0.3", "--layout", "second", "--steps", "1", "-n", "2",
+        "steps": 2, "mode": "hybrid", "images": i["A"], "masks": i["label"], "palette": "levir",
+        "change_fraction": 0.05, "distractors": ["illumination", "misregistration"]})  # fmt: skip
+    cli("cli_pairs_full_second", "change-pairs", "--model", i["ctrl"], "--masks", i["layouts"], "--palette",
+        "loveda", "--gsd", "0.3", "--dataset-format", "second", "--steps", "1", "-n", "2",
         "--no-change-fraction", "0.3")  # fmt: skip
     cli("cli_pairs_vectors", "change-pairs", "--model", i["ctrl"], "--vectors", "buildings:" + i["buildings"],
         "--vectors", "roads:" + i["roads"], "--gsd", "2", "--size", "64", "--steps", "1", "-n", "2")  # fmt: skip
-    job("job_sr", {"task": "sr", "model": i["sr"], "num_samples": 2, "shard_size": 2, "steps": 1,
-        "lr": {"files": [i["lr"]], "scale": 2, "tile": 64}})  # fmt: skip
-    assert main(["quickstart", "-n", "1", "--steps", "10", "--out", str(out / "quick")]) == 0
+    job("job_sr", {"task": "sr", "model": i["sr"], "num_samples": 2, "shard_size": 2, "steps": 1, "lr": [i["lr"]],
+        "scale": 2, "tile": 64})  # fmt: skip
+    assert main(["quickstart", "-n", "1", "--steps", "10", "--threads", "1", "--out", str(out / "quick")]) == 0
     results["quickstart_default_model"] = output_hashes(out / "quick" / "change-pairs")
     return results
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from gen.sr_job import SRJob, run_sr
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from conditions.raster_input import OutputGrid, Radiometry, RasterInputError, RasterSource
 from core.seeding import sample_generators
 from gen.cli import main
-from gen.sr_job import SRJob, run_sr
 from pipelines import BundleError
 from pipelines.super_resolution import RSSuperResolutionPipeline
 from pipelines.tiling import StripBlender, ramp, tile_starts

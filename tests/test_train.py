@@ -14,7 +14,7 @@ from PIL import Image
 
 from conditions.masks import IGNORE
 from conditions.palettes import CANONICAL
-from gen.job_spec import SpecError
+from core.config_file import ConfigError
 from gen.train import parse_train_config, train
 from gen.train.autoencoder import build_autoencoder
 from gen.train.config import AutoencoderArch
@@ -72,15 +72,15 @@ def random_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_config_errors_name_the_key(tmp_path, change, message):
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(ConfigError, match=message):
         parse_train_config({**config("autoencoder", tmp_path), **change})
 
 
 def test_denoiser_config_needs_an_autoencoder(tmp_path):
-    with pytest.raises(SpecError, match=r"autoencoder: task 'denoiser' needs a trained VAE"):
+    with pytest.raises(ConfigError, match=r"autoencoder: task 'denoiser' needs a trained VAE"):
         parse_train_config(config("denoiser", tmp_path))
     bad = config("denoiser", tmp_path, autoencoder="x", model={"unet_channels": [32, 64], "attention": [True]})
-    with pytest.raises(SpecError, match=r"model.attention: \[True\]: expected one flag per level"):
+    with pytest.raises(ConfigError, match=r"model.attention: \[True\]: expected one flag per level"):
         parse_train_config(bad)
 
 
@@ -174,7 +174,7 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path, random_vae):
     assert frozen and trained and all(torch.equal(old[k], new[k]) for k in frozen)
     assert any(not torch.equal(old[k], new[k]) for k in trained)
     assert after.config.scaling_factor == before.config.scaling_factor
-    with pytest.raises(SpecError, match=r"model\.train_encoder: false \(decoder-only fine-tuning\) needs init_from"):
+    with pytest.raises(ConfigError, match=r"model\.train_encoder: false \(decoder-only fine-tuning\) needs init_from"):
         parse_train_config(config("autoencoder", tmp_path / "x", model={"channels": [16, 16, 32, 32],
                                                                          "train_encoder": False}))  # fmt: skip
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gen.job_spec import SpecError, apply_overrides, load_spec_file
+from core.config_file import ConfigError, apply_overrides, load_yaml_mapping
 from gen.train.data import SOURCE_KINDS, DataSource
 
 TASKS = ("autoencoder", "denoiser", "sr")
@@ -128,8 +128,8 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _err(path: str, message: str) -> SpecError:
-    return SpecError(f"{path}: {message}")
+def _err(path: str, message: str) -> ConfigError:
+    return ConfigError(f"{path}: {message}")
 
 
 def _number(data: dict[str, Any], key: str, default: Any, kind: type, low: float | None = None, path: str = "") -> Any:
@@ -277,7 +277,7 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    return parse_train_config(apply_overrides(load_spec_file(path), overrides or []))
+    return parse_train_config(apply_overrides(load_yaml_mapping(path, "training config"), overrides or []))
 
 
 __all__ = ["AutoencoderArch", "DenoiserArch", "SRArch", "TrainConfig", "load_train_config", "parse_train_config"]

@@ -1,0 +1,354 @@
+"""Task ``change_pairs``: simulate change events on a layout, then synthesise the pair.
+
+* ``full`` (Changen2): image t1 from layout t1 and image t2 from layout t2, same seed and metadata;
+* ``hybrid`` (HySCDG): a real image t1 with its layout; t2 = t1 with only the changed regions
+  inpainted under the t2 layout — every pixel outside the change mask is bit-identical to t1.
+
+Layout t1 comes from semantic ``masks`` in ``palette`` (full: the layouts; hybrid: the masks of
+``images``, same file names) or from ``vectors`` (full: one ``size``² UTM grid at ``gsd`` centred on
+lat/lon or the layers; hybrid: the grid of each georeferenced image). Distractors are pseudo-changes
+applied to t2 and recorded; they never change the label. Sample i draws everything from
+``sample_seed(seed, i)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conditions.change_captions import change_captions, change_qa
+from conditions.change_events import EVENT_TYPES, ChangeConfig, ChangeResult, simulate_change
+from conditions.distractors import DISTRACTORS, apply_distractors
+from conditions.masks import SemanticMask, encode_color, read_mask
+from conditions.metadata import Metadata
+from conditions.palettes import CANONICAL, IGNORE, PALETTES
+from conditions.raster_input import RGBImage, read_uint8_rgb
+from conditions.vector_layouts import (
+    layer_sources,
+    layers_centre,
+    load_layer_rules,
+    parse_polygon_classes,
+    rasterize_on,
+    utm_grid_at,
+    with_centre,
+)
+from conditions.vectors import LayoutLabels, TargetGrid, VectorError
+from core.hashing import sha256_file
+from core.seeding import sample_seed
+from gen.spec import (
+    FieldError,
+    choice,
+    cli_comma_list,
+    cli_pairs,
+    integer,
+    mapping,
+    number,
+    option,
+    optional,
+    path,
+    string,
+    string_list,
+)
+from gen.tasks.common import (
+    JobOptions,
+    TextConditions,
+    check_metadata_fields,
+    fixed_metadata,
+    guidance_option,
+    layout_strength_option,
+    load_pipeline,
+    metadata_option,
+    record,
+    steps_option,
+)
+from synth_datasets.change_writer import DATASET_FORMATS
+from synth_datasets.geotiff import GeoReference
+from synth_datasets.output_layouts import ChangePairFolder
+from synth_datasets.samples import ChangePairSample
+
+RASTER_SUFFIXES = (".png", ".tif", ".tiff")
+DEFAULT_GSD = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangePairsSpec(JobOptions):
+    task = "change_pairs"
+    mode: str = option("full", "full (both dates generated) or hybrid (real t1, t2 inpainted where it changed)",
+                       choice("full", "hybrid"))  # fmt: skip
+    images: str | None = option(None, "hybrid: folder of real t1 images (8-bit RGB); with vectors also one file",
+                                optional(path()))  # fmt: skip
+    masks: str | None = option(None, "semantic masks: full mode, the layouts; hybrid, the masks of the images "
+                               "(same file names)", optional(path("dir")))  # fmt: skip
+    vectors: tuple[str, ...] = option(
+        [], "layout t1 from vector layers instead of masks, repeatable: buildings:PATH, roads:PATH, "
+        "polygons=CLASS:PATH or a bare PATH", string_list(), repeat="list",
+    )  # fmt: skip
+    polygon_class: tuple[str, ...] = option([], "vectors: attribute rule for polygons, KEY[=VALUE]:CLASS",
+                                            string_list(), repeat="list")  # fmt: skip
+    size: int | None = option(None, "full mode with vectors: grid size in pixels (default: the model's native size)",
+                              optional(integer(8)), cli=int)  # fmt: skip
+    palette: str = option("levir", f"scheme of the masks: {', '.join(sorted(PALETTES))}", choice(*sorted(PALETTES)))
+    events: dict[str, float] = option(
+        {}, f"event probabilities ({', '.join(EVENT_TYPES)}; default add_building=0.6,remove_building=0.2,"
+        "transition=0.2)", mapping(number(0, 1), keys=EVENT_TYPES), cli=cli_pairs(float, "add_building=0.6"),
+        repeat="dict",
+    )  # fmt: skip
+    change_fraction: float = option(0.1, "target changed fraction of the pixels", number(0, 1, low_open=True),
+                                    cli=float)  # fmt: skip
+    no_change_fraction: float = option(0.0, "share of pairs with no event (distractors only)", number(0, 1), cli=float)
+    distractors: tuple[str, ...] = option([], f"pseudo-changes on t2, comma-separated: {', '.join(DISTRACTORS)}",
+                                          string_list(allowed=tuple(DISTRACTORS)), cli=cli_comma_list)  # fmt: skip
+    gsd: float | None = option(None, f"metres per pixel of the masks, or of the vector grid in full mode "
+                               f"(default {DEFAULT_GSD}); hybrid vectors use the images' pixel size",
+                               optional(number(0, low_open=True)), cli=float)  # fmt: skip
+    lat: Any = metadata_option("lat", drawn=False)
+    lon: Any = metadata_option("lon", drawn=False)
+    date: Any = metadata_option("date", drawn=False)
+    cloud: Any = metadata_option("cloud", drawn=False)
+    sensor: Any = metadata_option("sensor", drawn=False)
+    prompt: str = option("", "text prompt of both dates", string)
+    dataset_format: str = option("levir", "output layout: levir (A/ B/ label/) or second (im1/ im2/ label1/ label2/)",
+                                 choice(*DATASET_FORMATS))  # fmt: skip
+    layout_strength: float | None = layout_strength_option()
+    steps: int = steps_option()
+    guidance: float = guidance_option()
+
+    def validate(self) -> None:
+        check_metadata_fields(self)
+        if self.vectors and self.masks:
+            raise FieldError("vectors", "vectors and masks both define layout t1; give one of them")
+        if self.mode == "full" and not (self.masks or self.vectors):
+            raise FieldError("masks", "mode full needs masks (a folder of layouts in palette) or vectors")
+        if self.mode == "full" and self.images:
+            raise FieldError("images", "only used in mode hybrid (the real t1 images)")
+        if self.mode == "hybrid" and not (self.images and (self.masks or self.vectors)):
+            raise FieldError("images", "mode hybrid needs images and masks (same file names), or images (georeferenced)"
+                             " with vectors")  # fmt: skip
+        if self.mode == "hybrid" and not self.vectors and not Path(self.images).is_dir():
+            raise FieldError("images", f"{self.images!r}: with masks, images is a folder (same file names)")
+        if self.size is not None and not (self.vectors and self.mode == "full"):
+            raise FieldError("size", "only sizes the grid of vectors in mode full")
+        if self.lat is not None and not (self.vectors and self.mode == "full"):
+            raise FieldError("lat", "lat/lon centre the vector grid in mode full; other layouts carry their place")
+        if self.gsd is not None and self.vectors and self.mode == "hybrid":
+            raise FieldError("gsd", "hybrid vectors are rasterised on each image's grid, at its pixel size")
+        if self.polygon_class and not self.vectors:
+            raise FieldError("polygon_class", "only used with vectors")
+        try:
+            ChangeConfig(change_fraction=self.change_fraction, **({"events": self.events} if self.events else {}))
+        except ValueError as err:
+            raise FieldError("events", str(err)) from None
+
+
+@dataclass
+class LayoutT1:
+    """Layout t1 of one pair and what it came from."""
+
+    semantic: np.ndarray  # (H, W) canonical ids
+    instances: np.ndarray | None  # (H, W) building instance ids (vectors: one per footprint)
+    gsd: float
+    georef: GeoReference | None
+    metadata: Metadata
+    image: np.ndarray | None  # hybrid: the real t1 pixels (H, W, 3) uint8
+    provenance: dict[str, Any]
+
+
+class ChangePairsTask:
+    def __init__(self, spec: ChangePairsSpec) -> None:
+        self.spec = spec
+        self.layout = ChangePairFolder(spec.dataset_format)
+        self.chunk_size = 1
+        self.pipe: Any = None
+        self.change = ChangeConfig(change_fraction=spec.change_fraction,
+                                   **({"events": spec.events} if spec.events else {}))  # fmt: skip
+        polygon_classes = parse_polygon_classes(spec.polygon_class)
+        self.rules = load_layer_rules(spec.vectors, polygon_classes) if spec.vectors else []
+        self.sources = self._sources()
+        self._full_grid: LayoutLabels | None = None
+
+    def load_model(self, pipe: Any = None) -> None:
+        from pipelines.controlled import RSControlledPipeline
+
+        self.pipe = pipe if pipe is not None else load_pipeline(RSControlledPipeline, self.spec)
+        if self.spec.layout_strength is not None:
+            self.pipe.set_layout_strength(self.spec.layout_strength, "layout_strength")
+        if "mask" not in self.pipe.control_names:
+            raise ValueError(f"model {self.spec.model}: change pairs need a bundle with a 'mask' control")
+
+    def _sources(self) -> list[Path | None]:
+        """What sample i is made from (``sources[i % n]``): mask files; with vectors, the t1 images
+        (hybrid) or ``None``, the one vector layout (full)."""
+        spec = self.spec
+        if self.rules and spec.mode == "full":
+            return [None]
+        key = "images" if self.rules else "masks"
+        folder = Path(getattr(spec, key))
+        if self.rules and folder.is_file():
+            return [folder]
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+        if not files:
+            raise ValueError(f"{key} {str(folder)!r}: no .png/.tif files found")
+        return files
+
+    def describe(self, index: int) -> dict[str, Any]:
+        source = self.sources[index % len(self.sources)]
+        return {"prompt": self.spec.prompt, "source": str(source) if source else "vectors"}
+
+    def samples(self, indices: list[int]) -> list[ChangePairSample]:
+        return [self.pair(index) for index in indices]
+
+    def pair(self, index: int) -> ChangePairSample:
+        """Simulate and synthesise pair ``index``."""
+        spec = self.spec
+        seed = sample_seed(spec.seed, index)
+        rng = np.random.default_rng(seed)
+        t1 = self.layout_t1(self.sources[index % len(self.sources)])
+        sem_a = t1.semantic
+        if rng.random() < spec.no_change_fraction:
+            instances = t1.instances if t1.instances is not None else np.zeros(sem_a.shape, np.int32)
+            result = ChangeResult(sem_a.copy(), instances.copy(), [], np.zeros(sem_a.shape, bool))
+        else:
+            result = simulate_change(sem_a, t1.gsd, self.change, rng, instances=t1.instances)
+        image_a, image_b = self._synthesise_pair(t1, result, seed)
+        distractors = []
+        if spec.distractors:
+            image_b, distractors = apply_distractors(image_b, list(spec.distractors), rng)
+        height, width = sem_a.shape
+        text = TextConditions(spec.prompt, t1.metadata)
+        provenance = record(spec, self.pipe, index, text, mode=spec.mode, **t1.provenance, gsd=t1.gsd)
+        rec = {
+            "events": [e.to_dict() for e in result.events],
+            "captions": change_captions(result.events, width, height, rng),
+            "qa": change_qa(result.events, width, height, t1.gsd),
+            "distractors": distractors,
+            "changed_fraction": float(result.change_mask.mean()),
+            "provenance": provenance,
+        }
+        return ChangePairSample(image_a, image_b, sem_a, result.semantic, result.change_mask, rec, t1.georef)
+
+    def _synthesise_pair(self, t1: LayoutT1, result: ChangeResult, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        spec, pipe = self.spec, self.pipe
+        common = {"prompt": spec.prompt, "num_inference_steps": spec.steps, "guidance_scale": spec.guidance,
+                  "metadata": t1.metadata if pipe.has_metadata else None, "output_type": "pt"}  # fmt: skip
+        if spec.mode == "full":  # same seed for both dates
+            return synthesise(pipe, t1.semantic, seed, common), synthesise(pipe, result.semantic, seed, common)
+        image_a = t1.image
+        image_b = image_a.copy()
+        if result.change_mask.any():
+            generated = synthesise(pipe, result.semantic, seed, common, image_a, result.change_mask)
+            image_b[result.change_mask] = generated[result.change_mask]  # outside: t1 bit for bit
+        return image_a, image_b
+
+    def layout_t1(self, source: Path | None) -> LayoutT1:
+        """Layout t1 (and, in hybrid mode, image t1) of a pair made from ``source``."""
+        spec = self.spec
+        if not self.rules:
+            mask = read_mask(source, spec.palette)
+            semantic = mask.palette.to_canonical(mask.ids)
+            georef = GeoReference(mask.crs, mask.transform) if mask.crs is not None else None
+            provenance = {"source": str(source), "source_sha256": sha256_file(source)}
+            image = None
+            if spec.mode == "hybrid":
+                rgb = _read_image(Path(spec.images) / source.name, semantic.shape)
+                image = rgb.pixels
+                georef = GeoReference(rgb.crs, rgb.transform) if rgb.crs is not None else georef
+                provenance.update(image=rgb.source, image_sha256=rgb.sha256)
+            gsd = spec.gsd or DEFAULT_GSD
+            metadata = fixed_metadata(spec, gsd=gsd)
+            return LayoutT1(semantic, None, gsd, georef, metadata, image, provenance)
+        provenance: dict[str, Any] = {"layers": layer_sources(self.rules)}
+        image = None
+        if source is None:  # full mode: one grid for every sample, rasterised once
+            if self._full_grid is None:
+                lat, lon = (spec.lat, spec.lon) if spec.lat is not None else layers_centre(self.rules)
+                size = spec.size or self.pipe.model_card.native_size[0]
+                self._full_grid = rasterize_on(self.rules, utm_grid_at(lat, lon, spec.gsd or DEFAULT_GSD, size))
+            labels = self._full_grid
+        else:
+            rgb = _read_image(source, None)
+            image = rgb.pixels
+            grid = image_grid(source, rgb, image.shape[:2])
+            try:
+                labels = rasterize_on(self.rules, grid)
+            except VectorError:
+                raise VectorError(
+                    f"vectors: no feature intersects images {str(source)!r} (grid {grid.crs.to_string()}, bounds "
+                    f"{tuple(round(b, 1) for b in grid.bounds)}); pass images of the layers' area or layers of the "
+                    "image's"
+                ) from None
+            provenance.update(image=rgb.source, image_sha256=rgb.sha256)
+        grid = labels.grid
+        metadata = fixed_metadata(spec, gsd=grid.gsd)
+        metadata = metadata if metadata.lat is not None else with_centre(metadata, grid)
+        provenance["grid"] = {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6],
+                              "width": grid.width, "height": grid.height}  # fmt: skip
+        provenance["objects_t1"] = [{k: v for k, v in asdict(o).items() if k not in ("bbox", "obb")}
+                                    for o in labels.objects]  # fmt: skip
+        georef = GeoReference(grid.crs, grid.transform)
+        return LayoutT1(labels.semantic, labels.instances, grid.gsd, georef, metadata, image, provenance)
+
+
+def _read_image(path: Path, shape: tuple[int, int] | None) -> RGBImage:
+    rgb = read_uint8_rgb(path, argument="images")
+    if shape is not None and rgb.pixels.shape[:2] != shape:
+        raise ValueError(
+            f"images {str(path)!r}: size {rgb.pixels.shape[0]}x{rgb.pixels.shape[1]} does not match its mask "
+            f"{shape[0]}x{shape[1]}; pass the mask made for this image"
+        )
+    return rgb
+
+
+def image_grid(path: Path, rgb: RGBImage, shape: tuple[int, int]) -> TargetGrid:
+    """The north-up, metric pixel grid of a t1 image, for rasterising vector layers on it."""
+    if rgb.crs is None:
+        raise ValueError(
+            f"images {str(path)!r}: not georeferenced; vectors are rasterised on the image's grid, so the "
+            "image must be a GeoTIFF with a CRS (or pass masks with a mask of the image)"
+        )
+    t = rgb.transform
+    if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0 or abs(abs(t.a) - abs(t.e)) > 1e-9 * abs(t.a):
+        raise ValueError(
+            f"images {str(path)!r}: transform {tuple(t)[:6]} is not north-up with square pixels; warp it first "
+            "(gdalwarp -t_srs EPSG:326zz -tr GSD GSD)"
+        )
+    if not rgb.crs.is_projected:
+        raise ValueError(
+            f"images {str(path)!r}: CRS {rgb.crs.to_string()} is not in metres; road widths and set-backs need "
+            "a projected CRS: reproject it (gdalwarp -t_srs EPSG:326zz, the UTM zone)"
+        )
+    return TargetGrid(rgb.crs, t, shape[1], shape[0])
+
+
+def _pad(array: np.ndarray, multiple: int, **kwargs: Any) -> np.ndarray:
+    """Pad the first two axes at the bottom/right up to a multiple of ``multiple`` (np.pad ``kwargs``)."""
+    pad_h, pad_w = -array.shape[0] % multiple, -array.shape[1] % multiple
+    if not (pad_h or pad_w):
+        return array
+    return np.pad(array, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (array.ndim - 2), **kwargs)
+
+
+def synthesise(
+    pipe: Any, semantic: np.ndarray, seed: int, common: dict[str, Any],
+    image: np.ndarray | None = None, region: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """(H, W, 3) uint8 image of ``semantic`` (inpainting ``region`` of ``image`` when given). Layouts whose
+    size is not a multiple of the model's are padded (edge pixels, 'keep' region) and cropped back."""
+    height, width = semantic.shape
+    m = pipe.size_multiple
+    kwargs: dict[str, Any] = {}
+    if image is not None:
+        t1 = _pad(image, m, mode="edge")
+        kwargs["image"] = torch.from_numpy(t1).permute(2, 0, 1)[None] / 255.0  # (1, 3, H', W')
+        kwargs["mask_image"] = torch.from_numpy(_pad(region, m)).float()[None, None]  # (1, 1, H', W')
+        kwargs["feather_px"] = 0
+        control = _pad(semantic, m, mode="edge")
+    else:
+        control = _pad(semantic, m, constant_values=IGNORE)
+    mask = encode_color(SemanticMask(control, CANONICAL))[None]  # (1, 3, H', W')
+    out = pipe(controls={"mask": mask}, generator=[torch.Generator().manual_seed(seed)], **kwargs, **common)
+    generated = (out.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return generated[:height, :width]

@@ -1,0 +1,277 @@
+"""What every task shares: the job fields, prompt and metadata fields, per-sample draws, model loading
+and the provenance record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from conditions.metadata import Metadata, MetadataError, parse_date
+from core.device import DEVICE_HELP, check_device, resolve_device
+from core.seeding import sample_seed
+from gen.provenance import sample_record
+from gen.spec import (
+    FieldError,
+    boolean,
+    cli_comma_list,
+    cli_yaml,
+    integer,
+    number,
+    option,
+    optional,
+    spec_digest,
+    string,
+    string_list,
+)
+
+logger = logging.getLogger(__name__)
+
+WRITERS = ("hf", "webdataset", "coco", "stac", "captions")
+DISTRIBUTIONS = ("uniform", "loguniform", "choice", "range", "box")
+METADATA_FIELDS = ("gsd", "lat", "lon", "location", "date", "cloud", "sensor")
+DRAW_ORDER = ("gsd", "date", "location", "cloud", "sensor")  # the order values are drawn for a sample
+
+
+def _device(value: Any) -> str:
+    value = string(value)
+    check_device(value, "value")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """The fields of every task: model, how many samples, seeds, sharding, threads, device, exports."""
+
+    task: ClassVar[str] = ""
+    model: str = option("default", "model bundle folder, hub id, or 'default' (the built-in model)", string)
+    num_samples: int = option(1, "number of samples", integer(1), cli=int, short="-n", metavar="N")
+    seed: int = option(0, "job seed: sample i is drawn from sample_seed(seed, i)", integer(0), cli=int)
+    shard_size: int = option(100, "samples per shard (the unit of resuming and of work per process)",
+                             integer(1), cli=int)  # fmt: skip
+    threads: int | None = option(
+        None, "torch threads per process (default: all cores; the bytes depend on it, not on the process count)",
+        optional(integer(1)), cli=int,
+    )  # fmt: skip
+    device: str = option("auto", DEVICE_HELP, _device)
+    allow_pickle: bool = option(False, "allow pickled .bin/.ckpt weights (unsafe)", boolean, boolean=True)
+    writers: tuple[str, ...] = option(
+        [], f"exports written when the job is done, comma-separated: {', '.join(WRITERS)}",
+        string_list(allowed=WRITERS), cli=cli_comma_list,
+    )  # fmt: skip
+
+    def validate(self) -> None:
+        """Cross-field checks of a task (raise :class:`FieldError` naming a field)."""
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.num_samples / self.shard_size)
+
+    def shard_indices(self, shard: int) -> range:
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_samples))
+
+
+# ---------------------------------------------------------------------- field factories
+def steps_option() -> Any:
+    return option(20, "denoising steps", integer(1), cli=int)
+
+
+def guidance_option(default: float = 7.5) -> Any:
+    return option(default, "classifier-free guidance scale", number(0), cli=float)
+
+
+def batch_size_option() -> Any:
+    return option(1, "samples per pipeline call (any size gives the same images, to float round-off)",
+                  integer(1), cli=int)  # fmt: skip
+
+
+def prompts_option() -> Any:
+    return option([""], "text prompt; a list (or a repeated flag) is drawn from per sample",
+                  string_list(non_empty=True), repeat="list")  # fmt: skip
+
+
+def negative_prompt_option() -> Any:
+    return option(None, "negative prompt (the unconditional branch of guidance)", optional(string))
+
+
+def layout_strength_option() -> Any:
+    return option(
+        None, "in (0, 1]: < 1 starts from the mask painted in the model's class colours (default: the model card's)",
+        optional(number(0, 1, low_open=True)), cli=float,
+    )  # fmt: skip
+
+
+METADATA_HELP = {
+    "gsd": "ground sample distance, metres per pixel",
+    "lat": "latitude of the image centre, degrees north",
+    "lon": "longitude of the image centre, degrees east",
+    "location": "a {box: [lon_min, lat_min, lon_max, lat_max]} to draw the centre from",
+    "date": "acquisition date, YYYY-MM-DD",
+    "cloud": "cloud-cover fraction, 0..1",
+    "sensor": "sensor/platform name, e.g. sentinel-2, naip, aerial",
+}
+
+
+def metadata_option(name: str, *, drawn: bool = True) -> Any:
+    """A metadata field: a value, or (``drawn``) a distribution {uniform|loguniform|choice|range|box: ARGS}."""
+    text = METADATA_HELP[name] + ("; or a distribution, e.g. '{loguniform: [0.3, 2]}'" if drawn else "")
+    return option(None, text, lambda value: check_metadata_value(name, value, drawn), cli=cli_yaml)
+
+
+def check_metadata_value(name: str, value: Any, drawn: bool) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        if not drawn:
+            raise ValueError(f"expected a fixed value for this task, got the distribution {dict(value)!r}")
+        check_distribution(value)
+        return dict(value)
+    if name == "location":
+        if value == "layers":
+            return value
+        raise ValueError(f"expected {{box: [lon_min, lat_min, lon_max, lat_max]}} or 'layers', got {value!r}")
+    try:
+        Metadata(**({"lat": value, "lon": 0.0} if name == "lat" else {"lat": 0.0, "lon": value} if name == "lon"
+                    else {name: str(value) if name == "date" else value}))  # fmt: skip
+    except MetadataError as err:
+        raise ValueError(str(err).split(": ", 1)[-1]) from None
+    return str(value) if name == "date" else value
+
+
+def check_distribution(dist: Mapping[str, Any]) -> None:
+    if len(dist) != 1:
+        raise ValueError(f"expected one of {DISTRIBUTIONS} as a single key, got {sorted(dist)}")
+    ((kind, args),) = dist.items()
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {kind!r}; use one of {DISTRIBUTIONS}")
+    numbers = isinstance(args, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in args)
+    if kind in ("uniform", "loguniform"):
+        if not (numbers and len(args) == 2):
+            raise ValueError(f"{kind}: expected [min, max], got {args!r}")
+        if not args[0] <= args[1] or (kind == "loguniform" and args[0] <= 0):
+            raise ValueError(f"{kind}: expected min <= max{' and min > 0' if kind == 'loguniform' else ''}, got {args}")
+    elif kind == "choice" and (not isinstance(args, list) or not args):
+        raise ValueError(f"choice: expected a non-empty list, got {args!r}")
+    elif kind == "range":
+        if not (isinstance(args, list) and len(args) == 2):
+            raise ValueError(f"range: expected [start_date, end_date], got {args!r}")
+        try:
+            start, end = parse_date(str(args[0])), parse_date(str(args[1]))
+        except MetadataError as err:
+            raise ValueError(f"range: {err}") from None
+        if start > end:
+            raise ValueError(f"range: start {start} is after end {end}")
+    elif kind == "box":
+        if not (numbers and len(args) == 4 and -180 <= args[0] <= args[2] <= 180 and -90 <= args[1] <= args[3] <= 90):
+            raise ValueError(f"box: expected [lon_min, lat_min, lon_max, lat_max] in degrees, got {args!r}")
+
+
+def check_metadata_fields(spec: Any) -> None:
+    """Cross-field metadata rules: lat with lon, a location box or lat/lon, cloud fractions in [0, 1]."""
+    lat, lon = getattr(spec, "lat", None), getattr(spec, "lon", None)
+    if (lat is None) != (lon is None):
+        raise FieldError("lat", f"lat={lat!r} / lon={lon!r}: give both (the image centre) or neither")
+    if lat is not None and getattr(spec, "location", None) is not None:
+        raise FieldError("location", "give a location to draw from or lat/lon, not both")
+    cloud = getattr(spec, "cloud", None)
+    if isinstance(cloud, dict) and "uniform" in cloud and not 0 <= cloud["uniform"][0] <= cloud["uniform"][1] <= 1:
+        raise FieldError("cloud", f"uniform: expected fractions in [0, 1], got {cloud['uniform']}")
+
+
+# ---------------------------------------------------------------------- per-sample draws
+def draw(dist: Any, rng: np.random.Generator) -> Any:
+    """A value of a distribution (a fixed value is returned as it is, drawing nothing)."""
+    if not isinstance(dist, Mapping):
+        return dist
+    ((kind, args),) = dist.items()
+    if kind == "uniform":
+        return float(rng.uniform(args[0], args[1]))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+    if kind == "choice":
+        return args[int(rng.integers(len(args)))]
+    if kind == "range":
+        start, end = parse_date(args[0]), parse_date(args[1])
+        return start + dt.timedelta(days=int(rng.integers((end - start).days + 1)))
+    lon_min, lat_min, lon_max, lat_max = args  # box
+    return float(rng.uniform(lon_min, lon_max)), float(rng.uniform(lat_min, lat_max))
+
+
+@dataclass(frozen=True)
+class TextConditions:
+    """The prompt and metadata of one sample."""
+
+    prompt: str
+    metadata: Metadata
+
+
+def draw_text_conditions(
+    spec: Any, index: int, location: Mapping[str, Any] | None = None
+) -> tuple[TextConditions, np.random.Generator]:
+    """Prompt and metadata of sample ``index``, drawn from its own generator seeded by ``sample_seed(seed, i)``
+    (returned for further draws). ``location`` replaces a missing ``location`` field (e.g. the layers' box)."""
+    rng = np.random.default_rng(sample_seed(spec.seed, index))
+    prompt = spec.prompt[int(rng.integers(len(spec.prompt)))]
+    values: dict[str, Any] = {}
+    for name in DRAW_ORDER:
+        value = getattr(spec, name, None)
+        if name == "location" and value is None:
+            value = location
+        if value is not None:
+            values[name] = draw(value, rng)
+    drawn_location = values.pop("location", None)
+    if drawn_location is not None:
+        values["lon"], values["lat"] = drawn_location
+    elif getattr(spec, "lat", None) is not None:
+        values["lat"], values["lon"] = spec.lat, spec.lon
+    return TextConditions(prompt, Metadata(**values)), rng
+
+
+def fixed_metadata(spec: Any, **defaults: Any) -> Metadata:
+    """The metadata of a task whose metadata fields are fixed values (``defaults`` fill unset ones)."""
+    values = {name: getattr(spec, name, None) for name in ("gsd", "lat", "lon", "date", "cloud", "sensor")}
+    values = {k: v for k, v in values.items() if v is not None}
+    return Metadata(**{**defaults, **values})
+
+
+# ---------------------------------------------------------------------- models and records
+def load_pipeline(pipeline_class: Any, spec: JobOptions) -> Any:
+    """Load ``spec.model`` with ``pipeline_class`` onto ``spec.device``; xformers attention on CUDA if installed."""
+    pipe = pipeline_class.from_bundle(spec.model, allow_pickle=spec.allow_pickle)
+    target = resolve_device(spec.device, "device")
+    pipe.to(target)
+    if target.type == "cuda":
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+            logger.info("using xformers attention")
+        except Exception as err:  # xformers missing or incompatible: SDPA is the default and is fine
+            logger.info("xformers not used (%s); using PyTorch SDPA attention", err)
+    if pipe.model_card.smoke_test:
+        logger.warning("model %s has random weights: its images are noise (smoke test only)", spec.model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def record(spec: Any, pipe: Any, index: int, text: TextConditions, **extra: Any) -> dict[str, Any]:
+    """The sidecar record of sample ``index``: enough to regenerate it exactly (``extra``: the task's own)."""
+    return {
+        **sample_record(
+            spec.task,
+            pipe,
+            spec.model,
+            job_seed=spec.seed,
+            index=index,
+            steps=spec.steps,
+            guidance=spec.guidance,
+            prompt=text.prompt,
+            negative_prompt=getattr(spec, "negative_prompt", None),
+            metadata=text.metadata,
+        ),  # fmt: skip
+        "spec_sha256": spec_digest(spec),
+        **extra,
+    }
