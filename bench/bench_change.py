@@ -70,7 +70,8 @@ def main() -> None:
           f"({events / n:.1f} events/mask); per-pixel random baseline {n / t_naive:.1f} masks/s; "
           f"ratio {t_sim / t_naive:.1f}x slower for exact geometric events")  # fmt: skip
 
-    from gen.change_job import ChangePairJob, make_pair
+    import gen.tasks.change_pairs as change_pairs
+    from gen.spec import build_spec
     from pipelines.controlled import RSControlledPipeline
     from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
     from synth_datasets.change_writer import write_change_pair
@@ -81,13 +82,15 @@ def main() -> None:
         pipe = RSControlledPipeline.from_bundle(model)
         pipe.set_progress_bar_config(disable=True)
         levir = SHARED / "change" / "levir_like"
-        job = ChangePairJob(model=str(model), out=tmp / "out", mode="hybrid", images=levir / "A",
-                            masks=levir / "label", steps=args.steps, change=config)  # fmt: skip
-        sources = job.sources()
+        spec = build_spec(change_pairs.ChangePairsSpec, {
+            "model": str(model), "mode": "hybrid", "images": str(levir / "A"), "masks": str(levir / "label"),
+            "steps": args.steps, "change_fraction": config.change_fraction, "num_samples": args.pairs,
+        })  # fmt: skip
+        task = change_pairs.ChangePairsTask(spec)  # reads and checks the sources
+        task.load_model(pipe)
         stages = {"simulation": 0.0, "synthesis": 0.0, "writing": 0.0}
-        import gen.change_job as change_job
 
-        original = change_job.simulate_change
+        original = change_pairs.simulate_change
 
         def timed_simulate(*a, **kw):
             t0 = time.perf_counter()
@@ -95,14 +98,13 @@ def main() -> None:
             stages["simulation"] += time.perf_counter() - t0
             return result
 
-        change_job.simulate_change = timed_simulate
+        change_pairs.simulate_change = timed_simulate
         for i in range(args.pairs):
             t0 = time.perf_counter()
-            pair = make_pair(job, pipe, i, sources[i % len(sources)])
+            pair = task.pair(i)  # layout t1, simulation, synthesis and distractors of sample i
             stages["synthesis"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            write_change_pair(tmp / "out", f"{i:06d}", pair["A"], pair["B"], pair["sem_a"], pair["sem_b"],
-                              pair["change"], pair["record"])  # fmt: skip
+            write_change_pair(tmp / "out", f"{i:08d}", pair, dataset_format=spec.dataset_format)
             stages["writing"] += time.perf_counter() - t0
         stages["synthesis"] -= stages["simulation"]
     total = sum(stages.values())

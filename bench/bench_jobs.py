@@ -29,24 +29,27 @@ sys.path.insert(0, str(REPO))
 
 def naive(spec_data: dict, out: Path, threads: int) -> None:
     import torch
-    from gen.job_spec import validate_spec
 
     from core.seeding import sample_generators
+    from gen.tasks import spec_from_mapping
+    from gen.tasks.common import draw_text_conditions
     from pipelines.text2img import RSText2ImagePipeline
     from synth_datasets.sample_writer import write_image_sample
+    from synth_datasets.samples import ImageSample
 
     torch.set_num_threads(threads)
-    spec = validate_spec(spec_data)
+    spec = spec_from_mapping(spec_data)
     pipe = RSText2ImagePipeline.from_bundle(spec.model)
     pipe.set_progress_bar_config(disable=True)
+    out.mkdir(parents=True, exist_ok=True)
     for i in range(spec.num_samples):
-        cond = spec.sample_conditions(i)
+        text, _ = draw_text_conditions(spec, i)  # the same prompt and metadata as the engine's sample i
         result = pipe(
-            cond["prompt"], metadata=cond["metadata"], num_inference_steps=spec.steps, guidance_scale=spec.guidance,
+            text.prompt, metadata=text.metadata, num_inference_steps=spec.steps, guidance_scale=spec.guidance,
             generator=sample_generators(spec.seed, [i]), output_type="np",
         )  # fmt: skip
         image = result.images[0]
-        write_image_sample(out, f"{i:08d}", image, {"prompt": cond["prompt"], "index": i})
+        write_image_sample(out, f"{i:08d}", ImageSample(image, {"prompt": text.prompt, "index": i}))
 
 
 def run_cli(spec_file: Path, out: Path, processes: int) -> float:
@@ -79,8 +82,8 @@ def main() -> None:
         spec = {
             "task": "txt2img", "model": str(model), "num_samples": args.n, "seed": 0, "batch_size": args.batch_size,
             "shard_size": max(args.n // 4, args.batch_size), "steps": args.steps, "threads": cores,
-            "prompts": ["dense residential area", "farmland with a river"],
-            "metadata": {"gsd": {"loguniform": [0.3, 2.0]}, "cloud": {"uniform": [0, 0.2]}},
+            "prompt": ["dense residential area", "farmland with a river"],
+            "gsd": {"loguniform": [0.3, 2.0]}, "cloud": {"uniform": [0, 0.2]},
         }  # fmt: skip
         one = tmp / "one.yaml"
         one.write_text(yaml.safe_dump(spec))

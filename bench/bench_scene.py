@@ -31,10 +31,11 @@ VECTOR = REPO.parent / "shared" / "data" / "vector" / "osm_west_oakland"
 
 def child(model: str, size: int, steps: int, mode: str) -> None:
     import torch
-    from gen.controlled_job import GenerateJob, run_generate
 
-    from conditions import Metadata
     from core.seeding import sample_generators
+    from gen.runner import run_job
+    from gen.spec import build_spec
+    from gen.tasks.generate import GenerateSpec, GenerateTask
     from pipelines.controlled import RSControlledPipeline
 
     logging.disable(logging.WARNING)
@@ -43,23 +44,23 @@ def child(model: str, size: int, steps: int, mode: str) -> None:
     pipe.set_progress_bar_config(disable=True)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as tmp:
-        job = GenerateJob(
-            model=model, out=Path(tmp) / "out", prompt="residential neighbourhood",
-            layouts=[f"buildings:{VECTOR / 'buildings.geojson'}", f"roads:{VECTOR / 'roads.geojson'}"],
-            metadata=Metadata(gsd=0.5), size=size, tile=256, overlap=64, steps=steps,
-        )  # fmt: skip
+        spec = build_spec(GenerateSpec, {
+            "model": model, "prompt": "residential neighbourhood",
+            "vectors": [f"buildings:{VECTOR / 'buildings.geojson'}", f"roads:{VECTOR / 'roads.geojson'}"],
+            "gsd": 0.5, "size": size, "tile": 256, "overlap": 64, "steps": steps, "threads": 2,
+        })  # fmt: skip
         start = time.perf_counter()
         if mode == "tiled":
-            run_generate(job, pipe)
+            run_job(spec, Path(tmp) / "out", pipe=pipe)
         else:  # untiled baseline: the same layout as one pipeline call on the whole canvas
-            from gen.controlled_job import _layout_from_vectors
-
             from conditions.masks import SemanticMask, encode_color
             from conditions.palettes import CANONICAL
 
-            labels, _ = _layout_from_vectors(job, size)
+            task = GenerateTask(spec)
+            task.load_model(pipe)
+            labels = task.conditions(0).labels  # the layers rasterised on the size² grid, as the tiled job does
             control = encode_color(SemanticMask(labels.semantic, CANONICAL))[None]
-            pipe(job.prompt, controls={"mask": control}, num_inference_steps=steps,
+            pipe(spec.prompt[0], controls={"mask": control}, num_inference_steps=steps,
                  generator=sample_generators(0, [0]), output_type="np")  # fmt: skip
         elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

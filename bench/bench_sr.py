@@ -5,8 +5,8 @@
    b. degradation: the real 10 m RGB (B4,B3,B2) area-averaged to 20 m, ×2 back, against the 10 m.
    Baselines: bicubic and Lanczos resampling (rasterio/GDAL), measured in the same run.
    With a random-weight smoke bundle the pipeline's numbers are poor; the harness is what counts.
-2. Peak memory (max RSS of a fresh process) of `run_sr` at two output sizes: it must not grow with
-   the raster's area (only with its width, through one strip of tile rows).
+2. Peak memory (max RSS of a fresh process) of an ``sr`` job (``gen.runner.run_job``) at two output
+   sizes: it must not grow with the raster's area (only with its width, through one strip of tile rows).
 
     python bench/bench_sr.py [--model SR_BUNDLE] [--steps 10] [--sizes 512,2048]
 """
@@ -32,7 +32,9 @@ from rasterio.enums import Resampling
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gen.sr_job import SRJob, run_sr  # noqa: E402
+from gen.runner import run_job, sample_stem  # noqa: E402
+from gen.spec import build_spec  # noqa: E402
+from gen.tasks.sr import SRSpec  # noqa: E402
 from pipelines.tiny_bundle import TinySRBundleConfig, build_tiny_bundle  # noqa: E402
 
 S2 = REPO.parent / "shared" / "data" / "geotiff" / "s2_multires_dsen2"
@@ -97,12 +99,14 @@ def quality(model: dict[str, Path], tmp: Path, steps: int, tile: int) -> None:
             elapsed = time.perf_counter() - start
             print(f"{name:34s} {label:10s} {psnr(unit(up), unit(truth)):8.2f} {ssim(unit(up), unit(truth)):6.3f} "
                   f"{elapsed:7.2f}")  # fmt: skip
-        out = tmp / f"sr_{len(bands)}.tif"
+        folder = tmp / f"sr_{len(bands)}"  # a fresh job folder per case
         start = time.perf_counter()
-        job = SRJob(model=str(bundle), lr=lr, out=out, scale=2, bands=",".join(map(str, bands)), tile=tile,
-                    overlap=32, steps=steps, overwrite=True)  # fmt: skip
-        run_sr(job)
+        spec = build_spec(SRSpec, {"model": str(bundle), "lr": str(lr), "scale": 2,
+                                   "bands": ",".join(map(str, bands)), "tile": tile, "overlap": 32,
+                                   "steps": steps})  # fmt: skip
+        run_job(spec, folder)
         elapsed = time.perf_counter() - start
+        out = folder / f"{sample_stem(0)}.tif"
         with rasterio.open(out) as src:
             sr = src.read()
         print(f"{name:34s} {'rsgen':10s} {psnr(unit(sr), unit(truth)):8.2f} {ssim(unit(sr), unit(truth)):6.3f} "
@@ -138,7 +142,9 @@ def memory_child(model: str, lr: Path, steps: int, tile: int) -> None:
     loaded = current_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run_sr(SRJob(model=model, lr=lr, out=Path(tmp) / "hr.tif", scale=2, tile=tile, overlap=32, steps=steps), pipe)
+        spec = build_spec(SRSpec, {"model": model, "lr": str(lr), "scale": 2, "tile": tile, "overlap": 32,
+                                   "steps": steps, "threads": 2})  # fmt: skip
+        run_job(spec, Path(tmp) / "hr", pipe=pipe)
         elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"loaded_rss_mb": loaded, "peak_rss_mb": peak, "seconds": elapsed}))

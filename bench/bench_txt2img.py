@@ -23,7 +23,9 @@ import transformers.utils.logging
 from diffusers import StableDiffusionPipeline
 
 from core.seeding import sample_seed
-from gen.txt2img_job import Txt2ImgJob, run_txt2img
+from gen.runner import run_job, sample_stem
+from gen.spec import build_spec
+from gen.tasks.txt2img import Txt2ImgSpec
 from pipelines.tiny_bundle import TinyBundleConfig, build_tiny_bundle
 
 PROMPT = "dense residential area with a river and a bridge"
@@ -39,7 +41,7 @@ def plain_diffusers_loop(model: Path, out: Path, n: int, steps: int, guidance: f
     for i in range(n):
         generator = torch.Generator().manual_seed(sample_seed(seed, i))
         image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=generator).images[0]
-        image.save(out / f"{i:06d}.png")
+        image.save(out / f"{sample_stem(i)}.png")
 
 
 def main() -> None:
@@ -66,24 +68,21 @@ def main() -> None:
         plain_diffusers_loop(model, root / "plain", args.n, args.steps, args.guidance, args.seed)
         t_plain = time.perf_counter() - start
 
-        job = Txt2ImgJob(
-            model=str(model),
-            prompt=PROMPT,
-            out=root / "rsgen",
-            num_samples=args.n,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            steps=args.steps,
-            guidance=args.guidance,
-        )
+        spec = build_spec(
+            Txt2ImgSpec,
+            {
+                "model": str(model), "prompt": PROMPT, "num_samples": args.n, "batch_size": args.batch_size,
+                "seed": args.seed, "steps": args.steps, "guidance": args.guidance, "threads": args.threads,
+            },
+        )  # fmt: skip
         start = time.perf_counter()
-        run_txt2img(job)
+        run_job(spec, root / "rsgen")  # loads the bundle itself, like the plain loop
         t_rsgen = time.perf_counter() - start
 
         max_diff = 0
         for i in range(args.n):
-            a = np.asarray(PIL.Image.open(root / "plain" / f"{i:06d}.png"), dtype=np.int16)
-            b = np.asarray(PIL.Image.open(root / "rsgen" / f"{i:06d}.png"), dtype=np.int16)
+            a = np.asarray(PIL.Image.open(root / "plain" / f"{sample_stem(i)}.png"), dtype=np.int16)
+            b = np.asarray(PIL.Image.open(root / "rsgen" / f"{sample_stem(i)}.png"), dtype=np.int16)
             max_diff = max(max_diff, int(np.abs(a - b).max()))
 
     print(f"tiny bundle {args.size}x{args.size}, n={args.n}, steps={args.steps}, threads={args.threads}")

@@ -88,7 +88,7 @@ DISTRACTORS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndar
 def check_distractors(names: Sequence[str]) -> list[str]:
     unknown = sorted(set(names) - set(DISTRACTORS))
     if unknown:
-        raise ChangeError(f"--distractors: unknown {unknown}; choose from {sorted(DISTRACTORS)}")
+        raise ChangeError(f"distractors: unknown {unknown}; choose from {sorted(DISTRACTORS)}")
     return list(names)
 
 

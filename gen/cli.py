@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
         _add_command(sub, name, command)
+    for add in (_add_run, _add_train, _add_dataset_commands, _add_model, _add_quickstart):
+        add(sub)
+    return parser
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser(
         "run",
         help="run a YAML job spec: deterministic, sharded, resumable, multi-process",
@@ -139,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-processes", type=int, default=1, help="launch N processes through accelerate")
     run.set_defaults(handler=_cmd_run)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser(
         "train",
         help="train or fine-tune a model from a YAML config (autoencoder, denoiser + mask ControlNet, SR)",
@@ -157,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dry-run", action="store_true", help="validate the config and print it; train nothing")
     tr.set_defaults(handler=_cmd_train)
 
+
+def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser(
         "export",
         help="export an rsgen dataset to HF datasets parquet, WebDataset, COCO JSON or a STAC catalog",
@@ -178,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--limit", type=int, default=48, help="samples shown (default 48)")
     pre.set_defaults(handler=_cmd_preview)
 
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="create and inspect model bundles")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
     model.set_defaults(handler=_cmd_model)
@@ -199,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = model_sub.add_parser("info", help="print a bundle's rsgen_model.json")
     info.add_argument("dir", help="bundle folder, or 'default' for the built-in model")
 
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     quick = sub.add_parser(
         "quickstart",
         help="generate a small change-detection dataset with the built-in model and an HTML preview",
@@ -216,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     quick.set_defaults(handler=_cmd_quickstart)
-    return parser
 
 
 def _cmd_task(args: argparse.Namespace) -> int:

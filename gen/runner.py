@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,8 +77,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(out: Path, spec: Any) -> None:
-    """Claim ``out`` for ``spec`` (main process only); refuse another spec, a live run, or a foreign folder."""
+def acquire_lock(out: Path, spec: Any) -> bool:
+    """Claim ``out`` for ``spec`` (main process only); refuse another spec, a live run, or a foreign folder.
+    Returns whether the folder was empty (a fresh job)."""
     lock = out / LOCK_FILE
     digest = spec_digest(spec)
     if lock.exists():
@@ -93,11 +95,13 @@ def acquire_lock(out: Path, spec: Any) -> None:
                 raise JobLockError(f"out={str(out)!r}: the same job is already running (pid {pid}); wait for it")
     elif any(out.iterdir()):
         raise JobLockError(f"out={str(out)!r} is not empty and holds no rsgen job; use a new or empty folder")
+    fresh = not lock.exists()
     record = {"spec_sha256": digest, "state": "running", "pid": os.getpid(), "host": socket.gethostname()}
     atomic_write_text(lock, json.dumps(record, indent=2) + "\n")
     spec_file = out / "spec.yaml"
     if not spec_file.exists():
         atomic_write_text(spec_file, yaml.safe_dump(spec_mapping(spec), sort_keys=True))
+    return fresh
 
 
 def _release_lock(out: Path, spec: Any) -> None:
@@ -129,13 +133,29 @@ def run_job(spec: Any, out: str | os.PathLike, *, pipe: Any = None) -> JobSummar
     out = Path(out)
     torch.set_num_threads(spec.threads or default_threads())
     task = open_task(spec)  # inputs are read and checked before the folder is claimed
+    fresh = False
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        acquire_lock(out, spec)
+        fresh = acquire_lock(out, spec)
         remove_stale_temporaries(out)
     state.wait_for_everyone()
     if json.loads((out / LOCK_FILE).read_text())["spec_sha256"] != spec_digest(spec):
         raise JobLockError(f"rank {rank}: the lock in {out} names another spec")
+    try:
+        written = _run_shards(spec, task, out, rank, world, pipe)
+    except BaseException:
+        if state.is_main_process and fresh and not _any_sample(spec, task, out):
+            shutil.rmtree(out, ignore_errors=True)  # no sample was complete: free the folder for a corrected command
+        raise
+    state.wait_for_everyone()
+    summary = JobSummary(spec.num_samples, spec.num_shards, spec_digest(spec), written)
+    if state.is_main_process:
+        _finish(spec, out, summary)
+    return summary
+
+
+def _run_shards(spec: Any, task: Any, out: Path, rank: int, world: int, pipe: Any) -> int:
+    """Generate and write this process's missing samples, shard by shard; returns how many it wrote."""
     task.load_model(pipe)
     mine = [k for k in range(spec.num_shards) if k % world == rank]
     todo = [k for k in mine if not (out / "shards" / f"{k:05d}.jsonl").exists()]
@@ -170,11 +190,11 @@ def run_job(spec: Any, out: str | os.PathLike, *, pipe: Any = None) -> JobSummar
             entries = [{**task.layout.manifest_entry(out, sample_stem(i), i), "shard": k} for i in indices]
             text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
             atomic_write_text(out / "shards" / f"{k:05d}.jsonl", text)
-    state.wait_for_everyone()
-    summary = JobSummary(spec.num_samples, spec.num_shards, spec_digest(spec), written)
-    if state.is_main_process:
-        _finish(spec, out, summary)
-    return summary
+    return written
+
+
+def _any_sample(spec: Any, task: Any, out: Path) -> bool:
+    return any(task.layout.done_file(out, sample_stem(i)).exists() for i in range(spec.num_samples))
 
 
 def _finish(spec: Any, out: Path, summary: JobSummary) -> None:

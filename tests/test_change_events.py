@@ -160,11 +160,11 @@ def test_nearest_reference_wins():
 @pytest.fixture(scope="module")
 def oakland():
     """Real OSM layout (West Oakland buildings + roads) on a 1 m UTM grid: canonical ids and instances."""
-    from gen.controlled_job import layout_labels_at, load_layout_rules
+    from conditions.vector_layouts import load_layer_rules, rasterize_on, utm_grid_at
 
     layers = [f"buildings:{shared_file('vector/osm_west_oakland/buildings.geojson')}",
               f"roads:{shared_file('vector/osm_west_oakland/roads.geojson')}"]  # fmt: skip
-    labels = layout_labels_at(load_layout_rules(layers), 37.8076, -122.3004, 1.0, 256)
+    labels = rasterize_on(load_layer_rules(layers), utm_grid_at(37.8076, -122.3004, 1.0, 256))
     return labels.semantic, labels.instances
 
 

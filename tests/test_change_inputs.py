@@ -14,17 +14,23 @@ from rasterio import features
 from rasterio.transform import from_origin
 from shapely.geometry import shape
 
-from conditions.change_events import ChangeConfig
-from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, get_palette
 from conditions.vectors import read_vector
-from gen.change_job import ChangePairJob, run_change_pairs
 from gen.cli import main
+from gen.runner import run_job
+from gen.spec import SpecError, build_spec
+from gen.tasks import spec_from_mapping
+from gen.tasks.change_pairs import ChangePairsSpec
 from synth_datasets.change_writer import read_change_pair, to_second_ids
 from tests.conftest import shared_file
 
 OAKLAND = "vector/osm_west_oakland"
 ALEXANDRIA = "vector/buildings_alexandria/buildings.geojson"
+
+
+def run_pairs(pipe, out, **keys):
+    """Build a change_pairs spec through the checked builder and run it with the loaded pipeline."""
+    return run_job(build_spec(ChangePairsSpec, keys), out, pipe=pipe)
 
 
 def _second_id(name: str) -> int:
@@ -71,18 +77,16 @@ def test_full_pairs_from_osm_vectors_are_georeferenced_and_exact(ctrl, tmp_path)
     lat, lon, gsd, size = 37.8076, -122.3004, 2.0, 128
     buildings, roads = shared_file(f"{OAKLAND}/buildings.geojson"), shared_file(f"{OAKLAND}/roads.geojson")
     layers = [f"buildings:{buildings}", f"roads:{roads}"]
-    config = ChangeConfig(change_fraction=0.06, events={"remove_building": 0.5, "add_building": 0.5})
-    job = ChangePairJob(model=str(model), out=tmp_path / "out", vectors=layers, gsd=gsd, size=size, steps=1,
-                        metadata=Metadata(lat=lat, lon=lon), change=config, num_samples=2)  # fmt: skip
-    run_change_pairs(job, pipe)
+    run_pairs(pipe, tmp_path / "out", model=str(model), vectors=layers, gsd=gsd, size=size, steps=1, lat=lat, lon=lon,
+              change_fraction=0.06, events={"remove_building": 0.5, "add_building": 0.5}, num_samples=2)  # fmt: skip
     crs = CRS.from_epsg(32610)  # UTM 10N, the zone of West Oakland
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
     transform = from_origin(x - size * gsd / 2, y + size * gsd / 2, gsd, gsd)
     for folder in ("A", "B", "label"):
-        with rasterio.open(tmp_path / "out" / folder / "000001.tif") as src:
+        with rasterio.open(tmp_path / "out" / folder / "00000001.tif") as src:
             assert src.crs == crs and src.transform.almost_equals(transform) and src.shape == (size, size)
     removed = 0
-    for name in ("000000", "000001"):
+    for name in ("00000000", "00000001"):
         pair = check_pair(tmp_path / "out", name)
         assert pair["A"].shape == (size, size, 3) and pair["crs"] == "EPSG:32610"
         objects = {o["instance_id"]: o for o in pair["provenance"]["objects_t1"]}
@@ -118,16 +122,15 @@ def alexandria_image(tmp_path_factory) -> Path:
 def test_hybrid_pairs_from_footprints_on_a_georeferenced_image(ctrl, alexandria_image, tmp_path):
     model, pipe = ctrl
     buildings = shared_file(ALEXANDRIA)
-    config = ChangeConfig(change_fraction=0.04, events={"remove_building": 0.4, "add_building": 0.6})
-    job = ChangePairJob(model=str(model), out=tmp_path / "out", mode="hybrid", images=alexandria_image,
-                        vectors=[f"buildings:{buildings}"], change=config, steps=1, layout="second")  # fmt: skip
-    run_change_pairs(job, pipe)
+    run_pairs(pipe, tmp_path / "out", model=str(model), mode="hybrid", images=str(alexandria_image),
+              vectors=[f"buildings:{buildings}"], change_fraction=0.04,
+              events={"remove_building": 0.4, "add_building": 0.6}, steps=1, dataset_format="second")  # fmt: skip
     with rasterio.open(alexandria_image) as src:
         crs, transform, t1 = src.crs, src.transform, np.moveaxis(src.read(), 0, -1)
     for folder in ("im1", "im2", "label1", "label2"):
-        with rasterio.open(tmp_path / "out" / folder / "000000.tif") as src:
+        with rasterio.open(tmp_path / "out" / folder / "00000000.tif") as src:
             assert src.crs == crs and src.transform == transform and src.shape == t1.shape[:2]
-    pair = check_pair(tmp_path / "out", "000000", t1)
+    pair = check_pair(tmp_path / "out", "00000000", t1)
     assert pair["provenance"]["gsd"] == 2.0 and pair["provenance"]["image"] == str(alexandria_image)
     objects = {o["instance_id"]: o for o in pair["provenance"]["objects_t1"]}
     removals = [e for e in pair["events"] if e["type"] == "remove_building"]
@@ -139,42 +142,44 @@ def test_hybrid_pairs_from_footprints_on_a_georeferenced_image(ctrl, alexandria_
 
 
 def test_vector_inputs_through_the_cli_and_job_spec(ctrl, alexandria_image, tmp_path, caplog):
-    from gen.job_runner import run_job
-    from gen.job_spec import SpecError, load_spec_file, validate_spec
+    from core.config_file import load_yaml_mapping
 
-    model, _ = ctrl
+    model, pipe = ctrl
     buildings, roads = shared_file(f"{OAKLAND}/buildings.geojson"), shared_file(f"{OAKLAND}/roads.geojson")
     base = ["change-pairs", "--model", str(model), "--steps", "1", "--change-fraction", "0.05"]
     vectors = ["--vectors", f"buildings:{buildings}", "--vectors", f"roads:{roads}"]
     assert main([*base, *vectors, "--gsd", "4", "--size", "64", "--out", str(tmp_path / "cli")]) == 0
-    with rasterio.open(tmp_path / "cli" / "label" / "000000.tif") as src:
+    with rasterio.open(tmp_path / "cli" / "label" / "00000000.tif") as src:
         assert src.crs.to_epsg() == 32610 and src.transform.a == 4.0
-    check_pair(tmp_path / "cli", "000000")
-    out = ["--out", str(tmp_path / "bad")]
-    assert main([*base, *vectors, "--masks", str(tmp_path), *out]) == 2
-    assert "--vectors and --masks both define layout t1; give one of them" in caplog.text
-    assert main([*base, "--vectors", f"houses:{buildings}", *out]) == 2
-    assert "--vectors 'houses:" in caplog.text and "unknown layer kind 'houses'" in caplog.text
+    check_pair(tmp_path / "cli", "00000000")
+
+    def out(name):  # one folder per failing command: a job that failed on its inputs keeps its folder's lock
+        return ["--out", str(tmp_path / "bad" / name)]
+
+    assert main([*base, *vectors, "--masks", str(tmp_path), *out("both")]) == 2
+    assert "--vectors: vectors and masks both define layout t1; give one of them" in caplog.text
+    assert main([*base, "--vectors", f"houses:{buildings}", *out("kind")]) == 2
+    assert "vectors 'houses:" in caplog.text and "unknown layer kind 'houses'" in caplog.text
     png = tmp_path / "plain.png"
     with rasterio.open(png, "w", driver="PNG", width=16, height=16, count=3, dtype="uint8") as dst:
         dst.write(np.zeros((3, 16, 16), np.uint8))
-    assert main([*base, "--mode", "hybrid", "--images", str(png), *vectors, *out]) == 2
-    assert "not georeferenced; --vectors are rasterised on the image's grid" in caplog.text
-    assert main([*base, "--mode", "hybrid", "--images", str(alexandria_image), *vectors, *out]) == 2
-    assert "--vectors: no feature intersects --images" in caplog.text  # Oakland layers on an Alexandria image
-    spec = {"task": "change_pairs", "model": str(model), "num_samples": 1, "steps": 1,
-            "change": {"mode": "full", "vectors": [f"buildings:{buildings}", f"roads:{roads}"], "gsd": 4.0,
-                       "size": 64, "change_fraction": 0.05, "layout": "second"}}  # fmt: skip
-    run_job(validate_spec(spec), tmp_path / "job")
+    assert main([*base, "--mode", "hybrid", "--images", str(png), *vectors, *out("plain")]) == 2
+    assert "not georeferenced; vectors are rasterised on the image's grid" in caplog.text
+    assert main([*base, "--mode", "hybrid", "--images", str(alexandria_image), *vectors, *out("elsewhere")]) == 2
+    assert "vectors: no feature intersects images" in caplog.text  # Oakland layers on an Alexandria image
+    spec = {"task": "change_pairs", "model": str(model), "num_samples": 1, "steps": 1, "mode": "full",
+            "vectors": [f"buildings:{buildings}", f"roads:{roads}"], "gsd": 4.0, "size": 64,
+            "change_fraction": 0.05, "dataset_format": "second"}  # fmt: skip
+    run_job(spec_from_mapping(spec), tmp_path / "job", pipe=pipe)
     entry = json.loads((tmp_path / "job" / "manifest.jsonl").read_text().splitlines()[0])
     assert entry["files"]["im1"].endswith(".tif")
-    check_pair(tmp_path / "job" / "shards" / "00000", "00000000")
+    check_pair(tmp_path / "job", "00000000")
     example = Path(__file__).resolve().parents[1] / "examples" / "jobs" / "change_pairs_vectors.yaml"
-    assert validate_spec(load_spec_file(example)).change["vectors"][0].startswith("buildings:")
-    with pytest.raises(SpecError, match=r"change\.vectors: vectors replace layouts/masks"):
-        validate_spec({**spec, "change": {**spec["change"], "masks": str(tmp_path)}})
-    with pytest.raises(SpecError, match=r"change\.size: expected an integer number of pixels >= 8, got 4"):
-        validate_spec({**spec, "change": {**spec["change"], "size": 4}})
+    assert spec_from_mapping(load_yaml_mapping(example, "job spec")).vectors[0].startswith("buildings:")
+    with pytest.raises(SpecError, match=r"^vectors: vectors and masks both define layout t1; give one of them"):
+        spec_from_mapping({**spec, "masks": str(tmp_path)})
+    with pytest.raises(SpecError, match=r"^size: expected an integer >= 8, got 4"):
+        spec_from_mapping({**spec, "size": 4})
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -204,13 +209,11 @@ def test_hybrid_pairs_on_real_whu_cd_tiles(ctrl, tmp_path, tile, date, rows, col
     assert image.shape == (256, 256, 3) and set(np.unique(label)) == {0, 255}
     _write_png(tmp_path / "A" / f"{tile}.png", image)
     _write_png(tmp_path / "label" / f"{tile}.png", label)
-    config = ChangeConfig(change_fraction=0.08, events={"add_building": 0.5, "remove_building": 0.2,
-                                                        "expand_building": 0.15, "shrink_building": 0.15})  # fmt: skip
-    job = ChangePairJob(model=str(model), out=tmp_path / "out", mode="hybrid", images=tmp_path / "A",
-                        masks=tmp_path / "label", palette="levir", gsd=0.3, change=config, steps=1,
-                        layout="second")  # fmt: skip
-    run_change_pairs(job, pipe)
-    pair = check_pair(tmp_path / "out", "000000", image)
+    events = {"add_building": 0.5, "remove_building": 0.2, "expand_building": 0.15, "shrink_building": 0.15}
+    run_pairs(pipe, tmp_path / "out", model=str(model), mode="hybrid", images=str(tmp_path / "A"),
+              masks=str(tmp_path / "label"), palette="levir", gsd=0.3, change_fraction=0.08, events=events, steps=1,
+              dataset_format="second")  # fmt: skip
+    pair = check_pair(tmp_path / "out", "00000000", image)
     building = CANONICAL.class_by_name("building").id
     t1_buildings = (label == 255).sum()
     t2_buildings = t1_buildings + sum(
@@ -235,13 +238,12 @@ def test_hybrid_pairs_on_real_potsdam(ctrl, tmp_path):
         assert (canonical[mask == raw] == target).all()
     _write_png(tmp_path / "images" / "p.png", image)
     _write_png(tmp_path / "masks" / "p.png", mask)
-    config = ChangeConfig(change_fraction=0.06, events={"add_building": 0.9, "transition": 0.1})
-    job = ChangePairJob(model=str(model), out=tmp_path / "out", mode="hybrid", images=tmp_path / "images",
-                        masks=tmp_path / "masks", palette="potsdam", gsd=0.05, change=config, steps=1,
-                        layout="second", num_samples=2)  # fmt: skip
-    run_change_pairs(job, pipe)
+    run_pairs(pipe, tmp_path / "out", model=str(model), mode="hybrid", images=str(tmp_path / "images"),
+              masks=str(tmp_path / "masks"), palette="potsdam", gsd=0.05, change_fraction=0.06,
+              events={"add_building": 0.9, "transition": 0.1}, steps=1, dataset_format="second",
+              num_samples=2)  # fmt: skip
     added = []
-    for name in ("000000", "000001"):
+    for name in ("00000000", "00000001"):
         pair = check_pair(tmp_path / "out", name, image)
         assert not (pair["change"] & (mask == 0)).any()  # boundary (ignore) pixels never change
         added += [e for e in pair["events"] if e["type"] == "add_building"]

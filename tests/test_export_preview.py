@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from conditions import Metadata
 from conditions.palettes import CANONICAL
 from gen.cli import main
-from gen.controlled_job import GenerateJob, run_generate
+from gen.runner import run_job
+from gen.spec import build_spec
+from gen.tasks.generate import GenerateSpec
 from synth_datasets.exporters import export_coco, export_hf, export_stac, export_webdataset
 from synth_datasets.preview import write_preview
 from synth_datasets.reader import DatasetError, load_dataset
@@ -22,13 +23,14 @@ def layout_dataset(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     model = build_tiny_bundle(root / "ctrl", TinyControlledBundleConfig(image_size=64, controls=("mask",)))
-    job = GenerateJob(
-        model=str(model), out=root / "ds", prompt="houses and streets",
-        layouts=[f"buildings:{shared_file('vector/osm_west_oakland/buildings.geojson')}",
-                 f"roads:{shared_file('vector/osm_west_oakland/roads.geojson')}"],
-        metadata=Metadata(gsd=3.0, date="2021-05-04"), size=64, num_samples=2, steps=1,
-    )  # fmt: skip
-    run_generate(job)
+    spec = build_spec(GenerateSpec, {
+        "model": str(model), "prompt": "houses and streets",
+        "vectors": [f"buildings:{shared_file('vector/osm_west_oakland/buildings.geojson')}",
+                    f"roads:{shared_file('vector/osm_west_oakland/roads.geojson')}"],
+        "gsd": 3.0, "date": "2021-05-04", "size": 64, "num_samples": 2, "steps": 1,
+    })  # fmt: skip
+    summary = run_job(spec, root / "ds")
+    assert summary.written_by_this_process == summary.num_samples == 2
     return root / "ds"
 
 
@@ -44,7 +46,7 @@ def test_reader_loads_and_verifies(layout_dataset, tmp_path):
     image.write_bytes(image.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(DatasetError, match=r"sha256 does not match the manifest"):
         load_dataset(copy)[0].image()
-    with pytest.raises(DatasetError, match=r"no manifest\.jsonl, changes/ or sample sidecars"):
+    with pytest.raises(DatasetError, match=r"no manifest\.jsonl or sample sidecars; is it an rsgen output\?"):
         load_dataset(tmp_path / "copy" / "..")
 
 

@@ -10,6 +10,7 @@ from core.atomic import TMP_PREFIX, atomic_path, remove_stale_temporaries
 from core.geo import utm_crs_for
 from core.hashing import sha256_file
 from synth_datasets import georeference_from_point, write_geotiff, write_image_sample
+from synth_datasets.samples import ImageSample, Labels
 from tests.conftest import shared_file
 
 
@@ -84,21 +85,26 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
 
 def test_sample_writer_png_and_geotiff(tmp_path):
     image = np.linspace(0, 1, 32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3)
-    written = write_image_sample(tmp_path, "000000", image, {"prompt": "p"})
+    written = write_image_sample(tmp_path, "00000000", ImageSample(image, {"prompt": "p"}))
     sidecar = json.loads(written.sidecar.read_text())
-    assert sidecar["file"] == "000000.png" and sidecar["sha256"] == sha256_file(written.image)
+    assert sidecar["file"] == "00000000.png" and sidecar["sha256"] == sha256_file(written.image)
     assert sidecar["shape"] == [32, 32, 3] and sidecar["prompt"] == "p"
     md = Metadata(gsd=1.0, lat=40.0, lon=-105.0)
     georef = georeference_from_point(md.lat, md.lon, md.gsd, 32, 32)
-    written = write_image_sample(tmp_path, "000001", image, {"prompt": "p"}, fmt="geotiff", georef=georef)
+    written = write_image_sample(tmp_path, "00000001", ImageSample(image, {"prompt": "p"}, georef=georef))
+    assert written.image.name == "00000001.tif"  # a georef makes it a GeoTIFF (there is no fmt= any more)
     sidecar = json.loads(written.sidecar.read_text())
     assert sidecar["crs"] == "EPSG:32613" and sidecar["bounds"] == pytest.approx(list(georef.bounds(32, 32)))
     with rasterio.open(written.image) as src:
         assert json.loads(src.tags()["rsgen_provenance"]) == {"prompt": "p"}
-    with pytest.raises(ValueError, match="needs a georef"):
-        write_image_sample(tmp_path, "x", image, {}, fmt="geotiff")
+    labels = Labels(np.zeros((16, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"semantic: shape \(16, 32\) must equal the image's \(32, 32\)"):
+        write_image_sample(tmp_path, "x", ImageSample(image, {}, labels=labels))
     with pytest.raises(ValueError, match="contains NaN"):
-        write_image_sample(tmp_path, "x", np.full((4, 4, 3), np.nan, np.float32), {})
+        write_image_sample(tmp_path, "x", ImageSample(np.full((4, 4, 3), np.nan, np.float32), {}))
+    with pytest.raises(ValueError, match=r"image: expected \(H, W, 3\), got shape \(4, 4\)"):
+        write_image_sample(tmp_path, "x", ImageSample(np.zeros((4, 4), np.uint8), {}))
+    assert not list(tmp_path.glob("x*"))
 
 
 def test_atomic_files_get_normal_permissions(tmp_path):

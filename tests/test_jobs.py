@@ -14,9 +14,11 @@ import pytest
 import rasterio
 import yaml
 
+from core.config_file import ConfigError, apply_overrides
 from gen.cli import main
-from gen.job_runner import JobLockError, run_job
-from gen.job_spec import SpecError, apply_overrides, validate_spec
+from gen.runner import JobLockError, run_job
+from gen.spec import SpecError
+from gen.tasks import open_task, spec_from_mapping
 from tests.conftest import shared_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 def spec_dict(model, **kw):
     base = {
         "task": "txt2img", "model": str(model), "num_samples": 12, "seed": 3, "batch_size": 2, "shard_size": 4,
-        "steps": 3, "threads": 1, "prompts": ["a river", "houses"],
-        "metadata": {"gsd": {"loguniform": [0.5, 2.0]}, "date": {"range": ["2019-01-01", "2020-12-31"]},
-                     "cloud": {"uniform": [0, 0.3]}, "sensor": {"choice": ["aerial", "naip"]}},
+        "steps": 3, "threads": 1, "prompt": ["a river", "houses"], "gsd": {"loguniform": [0.5, 2.0]},
+        "date": {"range": ["2019-01-01", "2020-12-31"]}, "cloud": {"uniform": [0, 0.3]},
+        "sensor": {"choice": ["aerial", "naip"]},
     }  # fmt: skip
     base.update(kw)
     return base
@@ -57,42 +59,46 @@ def manifest(folder: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"task": "draw"}, r"task: expected one of \('txt2img', .*'change_pairs'\), got 'draw'"),
-        ({"colour": 1}, r"colour: unknown key"),
+        ({"task": "draw"}, r"task: expected one of txt2img, .*change_pairs, sr, got 'draw'"),
+        ({"colour": 1}, r"colour: not used by task 'txt2img'; it uses: .*\bcloud\b"),
         ({"num_samples": 0}, r"num_samples: expected an integer >= 1, got 0"),
-        ({"metadata": {"cloud": {"uniform": [0, 1.7]}}}, r"metadata\.cloud\.uniform: expected fractions in \[0, 1\]"),
-        ({"metadata": {"gsd": {"loguniform": [0, 2]}}}, r"metadata\.gsd\.loguniform: expected min <= max and min > 0"),
-        ({"metadata": {"gsd": {"normal": [1, 2]}}}, r"metadata\.gsd: unknown distribution 'normal'"),
+        ({"cloud": {"uniform": [0, 1.7]}}, r"cloud: uniform: expected fractions in \[0, 1\]"),
+        ({"gsd": {"loguniform": [0, 2]}}, r"gsd: loguniform: expected min <= max and min > 0"),
+        ({"gsd": {"normal": [1, 2]}}, r"gsd: unknown distribution 'normal'"),
+        ({"date": {"range": ["2020-01-01", "2019-01-01"]}}, r"date: range: start 2020-01-01 is after"),
+        ({"location": {"box": [10, 50, 5, 55]}}, r"location: box: expected \[lon_min"),
+        ({"cloud": 3}, r"cloud: metadata\.cloud=3 is outside its valid range \[0\.0, 1\.0\]"),
+        ({"metadata": {"height": 3}}, r"metadata: not used by task 'txt2img'"),
+        ({"format": "geotiff"}, r"format: geotiff needs gsd and a location"),
+        ({"task": "generate"}, r"masks: give a layout: masks \(a file or folder\), vectors \(layers\) or a control"),
+        ({"prompt": []}, r"prompt: expected at least one entry"),
+        ({"cog": True}, r"cog: Cloud-Optimized GeoTIFFs need format geotiff"),
+        ({"task": "sr"}, r"lr: required by task 'sr'"),
         (
-            {"metadata": {"date": {"range": ["2020-01-01", "2019-01-01"]}}},
-            r"metadata\.date\.range: start 2020-01-01 is after",
+            {"task": "generate", "layout_strength": 0, "control": ["canny:x"]},
+            r"layout_strength: expected a number in \(0, 1\]",
         ),
-        ({"metadata": {"location": {"box": [10, 50, 5, 55]}}}, r"metadata\.location\.box: expected \[lon_min"),
-        ({"metadata": {"height": 3}}, r"metadata\.height: unknown field"),
-        ({"format": "geotiff"}, r"format: geotiff needs metadata\.gsd and metadata\.location"),
-        ({"task": "generate"}, r"masks: task generate needs masks"),
-        ({"prompts": []}, r"prompts: expected a non-empty list of strings"),
-        ({"cog": True}, r"cog: Cloud-Optimized GeoTIFFs need format: geotiff"),
-        ({"task": "sr"}, r"lr: task sr needs lr"),
-        ({"layout_strength": 0}, r"layout_strength: expected a number in \(0, 1\]"),
-        ({"task": "layout"}, r"layouts: task layout needs layouts"),
+        ({"task": "generate", "vectors": ["a.geojson"]}, r"gsd: vector layouts are rasterised at the ground sample"),
     ],
 )
 def test_spec_validation_names_the_key(change, match, tmp_path):
     data = spec_dict("m", **change)
+    if data["task"] != "txt2img":  # keep only the keys every task has
+        data = {k: v for k, v in data.items() if k in ("task", "model", "num_samples", "seed", "shard_size")} | change
     with pytest.raises(SpecError, match=match):
-        validate_spec(data)
+        spec_from_mapping(data)
 
 
 def test_overrides_and_deterministic_conditions():
-    data = apply_overrides(spec_dict("m"), ["num_samples=5", "metadata.cloud={uniform: [0, 0.1]}", "model=other"])
-    spec = validate_spec(data)
-    assert spec.num_samples == 5 and spec.model == "other" and spec.metadata["cloud"] == {"uniform": [0, 0.1]}
-    assert spec.sample_conditions(3) == validate_spec(data).sample_conditions(3)
-    conds = [spec.sample_conditions(i) for i in range(5)]
-    assert all(0.5 <= c["metadata"].gsd <= 2.0 and 0 <= c["metadata"].cloud <= 0.1 for c in conds)
-    assert len({c["metadata"].gsd for c in conds}) == 5
-    with pytest.raises(SpecError, match=r"--set 'oops': expected KEY=VALUE"):
+    data = apply_overrides(spec_dict("m"), ["num_samples=5", "cloud={uniform: [0, 0.1]}", "model=other"])
+    spec = spec_from_mapping(data)
+    assert spec.num_samples == 5 and spec.model == "other" and spec.cloud == {"uniform": [0, 0.1]}
+    task = open_task(spec)
+    assert task.conditions(3) == open_task(spec_from_mapping(data)).conditions(3)
+    conds = [task.conditions(i) for i in range(5)]
+    assert all(0.5 <= c.metadata.gsd <= 2.0 and 0 <= c.metadata.cloud <= 0.1 for c in conds)
+    assert len({c.metadata.gsd for c in conds}) == 5
+    with pytest.raises(ConfigError, match=r"--set 'oops': expected KEY=VALUE"):
         apply_overrides({}, ["oops"])
 
 
@@ -107,13 +113,13 @@ def job_model(tmp_path_factory):
 def reference_run(job_model, tmp_path_factory):
     """An uninterrupted single-process run of the job, in this process."""
     folder = tmp_path_factory.mktemp("jobs") / "ref"
-    summary = run_job(validate_spec(spec_dict(job_model)), folder)
-    assert summary["written_by_this_process"] == 12
+    summary = run_job(spec_from_mapping(spec_dict(job_model)), folder)
+    assert summary.written_by_this_process == 12
     return folder
 
 
 def test_outputs_manifest_and_lock(reference_run, job_model):
-    assert sorted(p.name for p in (reference_run / "shards").glob("*.jsonl")) == [
+    assert sorted(p.name for p in (reference_run / "shards").iterdir()) == [
         "00000.jsonl",
         "00001.jsonl",
         "00002.jsonl",
@@ -124,11 +130,13 @@ def test_outputs_manifest_and_lock(reference_run, job_model):
         image = reference_run / e["files"]["image"]
         assert hashlib.sha256(image.read_bytes()).hexdigest() == e["sha256"]
         assert e["provenance"]["sample_index"] == e["index"]
-    assert yaml.safe_load((reference_run / "spec.yaml").read_text())["seed"] == 3
+    assert [e["files"]["image"] for e in entries[:2]] == ["00000000.png", "00000001.png"]  # one folder, 8 digits
+    resolved = yaml.safe_load((reference_run / "spec.yaml").read_text())
+    assert resolved["seed"] == 3 and resolved["shard_size"] == 4 and resolved["negative_prompt"] is None  # defaults too
     # The same spec again is a resume with nothing to do; another spec is refused.
-    assert run_job(validate_spec(spec_dict(job_model)), reference_run)["written_by_this_process"] == 0
+    assert run_job(spec_from_mapping(spec_dict(job_model)), reference_run).written_by_this_process == 0
     with pytest.raises(JobLockError, match=r"holds another job .* use a new --out folder"):
-        run_job(validate_spec(spec_dict(job_model, seed=4)), reference_run)
+        run_job(spec_from_mapping(spec_dict(job_model, seed=4)), reference_run)
 
 
 def test_two_processes_give_the_same_dataset(reference_run, job_model, tmp_path):
@@ -147,11 +155,11 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(reference_run, job_model
     proc = subprocess.Popen([sys.executable, "-m", "gen", "run", str(spec_file), "--out", str(out)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(out.glob("shards/*/*.json"))) < 3:
+    while time.time() < deadline and len(list(out.glob("0*.json"))) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = list(out.glob("shards/*/*.json"))
+    done = list(out.glob("0*.json"))
     assert 3 <= len(done) < 12, "the job should have been killed part-way"
     for sidecar in done:  # everything under a final name is complete
         entry = json.loads(sidecar.read_text())
@@ -175,7 +183,7 @@ def test_generate_job_from_a_mask_folder(tmp_path, capsys):
         with rasterio.open(masks / f"m{k}.png", "w", driver="PNG", width=64, height=64, count=1, dtype="uint8") as dst:
             dst.write(full[None, r : r + 64, c : c + 64])
     spec = {"task": "generate", "model": str(model), "num_samples": 4, "batch_size": 2, "shard_size": 4, "steps": 2,
-            "masks": {"dir": str(masks), "palette": "loveda"}, "prompts": ["fields"]}  # fmt: skip
+            "masks": str(masks), "palette": "loveda", "prompt": ["fields"]}  # fmt: skip
     spec_file = tmp_path / "gen.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     assert main(["run", str(spec_file), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
@@ -190,14 +198,14 @@ def test_generate_job_from_a_mask_folder(tmp_path, capsys):
 
 
 def test_spec_writers_export_at_the_end(job_model, tmp_path):
-    spec = validate_spec(spec_dict(job_model, num_samples=4, writers=["hf", "webdataset"]))
+    spec = spec_from_mapping(spec_dict(job_model, num_samples=4, writers=["hf", "webdataset"]))
     run_job(spec, tmp_path / "w")
     assert list((tmp_path / "w" / "export" / "hf" / "data").glob("*.parquet"))
     assert (tmp_path / "w" / "export" / "webdataset" / "shard-00000.tar").is_file()
-    with pytest.raises(SpecError, match=r"writers: expected a list drawn from"):
-        validate_spec(spec_dict(job_model, writers=["tfrecord"]))
-    with pytest.raises(SpecError, match=r"writers: stac needs georeferenced samples"):
-        validate_spec(spec_dict(job_model, writers=["stac"]))
+    with pytest.raises(SpecError, match=r"writers: 'tfrecord' is not one of hf, webdataset"):
+        spec_from_mapping(spec_dict(job_model, writers=["tfrecord"]))
+    with pytest.raises(SpecError, match=r"writers: stac needs georeferenced samples: set format geotiff"):
+        spec_from_mapping(spec_dict(job_model, writers=["stac"]))
 
 
 def test_layout_and_sr_jobs_on_real_data(tmp_path):
@@ -208,11 +216,11 @@ def test_layout_and_sr_jobs_on_real_data(tmp_path):
 
     ctrl = build_tiny_bundle(tmp_path / "ctrl", TinyControlledBundleConfig(image_size=64, controls=("mask",)))
     osm = "vector/osm_west_oakland"
-    layout = {"task": "layout", "model": str(ctrl), "num_samples": 3, "batch_size": 2, "shard_size": 3, "steps": 1,
-              "layouts": {"files": [f"buildings:{shared_file(osm + '/buildings.geojson')}",
-                                    f"roads:{shared_file(osm + '/roads.geojson')}"], "gsd": 2.0, "size": 64},
-              "writers": ["coco", "stac"]}  # fmt: skip
-    run_job(validate_spec(layout), tmp_path / "layout")
+    layout = {"task": "generate", "model": str(ctrl), "num_samples": 3, "batch_size": 2, "shard_size": 3,
+              "steps": 1, "vectors": [f"buildings:{shared_file(osm + '/buildings.geojson')}",
+                                      f"roads:{shared_file(osm + '/roads.geojson')}"], "gsd": 2.0, "size": 64,
+              "location": "layers", "writers": ["coco", "stac"]}  # fmt: skip
+    run_job(spec_from_mapping(layout), tmp_path / "layout")
     entries = [json.loads(line) for line in (tmp_path / "layout" / "manifest.jsonl").read_text().splitlines()]
     assert len(entries) == 3 and all({"semantic", "instances", "objects"} <= set(e["files"]) for e in entries)
     centres = {tuple(e["provenance"]["bounds"][:2]) for e in entries}
@@ -222,20 +230,20 @@ def test_layout_and_sr_jobs_on_real_data(tmp_path):
     sr = build_tiny_bundle(tmp_path / "sr", TinySRBundleConfig(tile_size=64))
     lr = crop(shared_file("geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif"), tmp_path / "lr.tif",
               Window(0, 0, 16, 16))  # fmt: skip
-    spec = {"task": "sr", "model": str(sr), "num_samples": 2, "shard_size": 2, "steps": 1,
-            "lr": {"files": [str(lr)], "scale": 2, "tile": 64}}  # fmt: skip
-    run_job(validate_spec(spec), tmp_path / "sr_out")
+    spec = {"task": "sr", "model": str(sr), "num_samples": 2, "shard_size": 2, "steps": 1, "lr": [str(lr)],
+            "scale": 2, "tile": 64}  # fmt: skip
+    run_job(spec_from_mapping(spec), tmp_path / "sr_out")
     entries = [json.loads(line) for line in (tmp_path / "sr_out" / "manifest.jsonl").read_text().splitlines()]
-    assert [e["files"]["image"] for e in entries] == ["shards/00000/00000000.tif", "shards/00000/00000001.tif"]
+    assert [e["files"]["image"] for e in entries] == ["00000000.tif", "00000001.tif"]
     assert entries[0]["sha256"] != entries[1]["sha256"]  # different per-sample seeds
-    with pytest.raises(SpecError, match=r"lr\.scale: expected a factor >= 1"):
-        validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 0.5}})
-    with pytest.raises(SpecError, match=r"lr\.strength: expected a number in \(0, 1\], got 0"):
-        validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 2, "strength": 0}})
-    with pytest.raises(SpecError, match=r"lr\.strenght: unknown key; use files, .*strength, lr_consistency"):
-        validate_spec({**spec, "lr": {"files": [str(lr)], "scale": 2, "strenght": 0.5}})
-    with pytest.raises(SpecError, match=r"layouts\.gsd: expected a positive GSD"):
-        validate_spec({**layout, "layouts": {"files": ["a.geojson"], "gsd": 0}})
+    with pytest.raises(SpecError, match=r"^scale: expected a number >= 1, got 0\.5"):
+        spec_from_mapping({**spec, "scale": 0.5})
+    with pytest.raises(SpecError, match=r"^strength: expected a number in \(0, 1\], got 0"):
+        spec_from_mapping({**spec, "strength": 0})
+    with pytest.raises(SpecError, match=r"^strenght: not used by task 'sr'; it uses: .*\bstrength\b"):
+        spec_from_mapping({**spec, "strenght": 0.5})
+    with pytest.raises(SpecError, match=r"^gsd: metadata\.gsd=0 is outside its valid range"):
+        spec_from_mapping({**layout, "gsd": 0})
 
 
 def test_change_pairs_job_resumes_and_indexes(tmp_path):
@@ -248,19 +256,26 @@ def test_change_pairs_job_resumes_and_indexes(tmp_path):
         (tmp_path / folder).mkdir()
         shutil.copy(shared_file(f"change/levir_like/{folder}/test_2_0000_0000.png"), tmp_path / folder / "p.png")
     spec = {"task": "change_pairs", "model": str(ctrl), "num_samples": 3, "shard_size": 2, "steps": 1,
-            "change": {"mode": "hybrid", "images": str(tmp_path / "A"), "masks": str(tmp_path / "label"),
-                       "palette": "levir", "change_fraction": 0.05}}  # fmt: skip
-    run_job(validate_spec(spec), tmp_path / "out")
+            "mode": "hybrid", "images": str(tmp_path / "A"), "masks": str(tmp_path / "label"), "palette": "levir",
+            "change_fraction": 0.05}  # fmt: skip
+    run_job(spec_from_mapping(spec), tmp_path / "out")
     entries = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert [e["index"] for e in entries] == [0, 1, 2] and set(entries[0]["files"]) == {"A", "B", "label", "changes"}
     from synth_datasets.change_writer import read_change_pair
 
-    pair = read_change_pair(tmp_path / "out" / "shards" / "00000", "00000001")
+    pair = read_change_pair(tmp_path / "out", "00000001")
     assert np.array_equal(pair["A"][~pair["change"]], pair["B"][~pair["change"]]) and pair["change"].any()
-    with pytest.raises(SpecError, match=r"change\.change_fraction: expected a fraction in \(0, 1\], got 1\.5"):
-        validate_spec({**spec, "change": {**spec["change"], "change_fraction": 1.5}})
-    with pytest.raises(SpecError, match=r"change\.events\.add_building: expected a probability in \[0,1\], got 1\.7"):
-        validate_spec({**spec, "change": {**spec["change"], "events": {"add_building": 1.7}}})
+    # Killed after the first shard: a rerun writes only the missing pair, the same bytes.
+    first = (tmp_path / "out" / "B" / "00000002.png").read_bytes()
+    for path in (tmp_path / "out").glob("*/00000002.*"):
+        path.unlink()
+    (tmp_path / "out" / "shards" / "00001.jsonl").unlink()
+    assert run_job(spec_from_mapping(spec), tmp_path / "out").written_by_this_process == 1
+    assert (tmp_path / "out" / "B" / "00000002.png").read_bytes() == first
+    with pytest.raises(SpecError, match=r"^change_fraction: expected a number in \(0, 1\], got 1\.5"):
+        spec_from_mapping({**spec, "change_fraction": 1.5})
+    with pytest.raises(SpecError, match=r"^events: add_building: expected a number in \[0, 1\], got 1\.7"):
+        spec_from_mapping({**spec, "events": {"add_building": 1.7}})
 
 
 def test_preview_of_a_change_pair_dataset(tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conditions import vector_layouts as layers
 from conditions.change_captions import change_captions, change_qa
 from conditions.change_events import EVENT_TYPES, ChangeConfig, ChangeResult, simulate_change
 from conditions.distractors import DISTRACTORS, apply_distractors
@@ -27,40 +28,19 @@ from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, IGNORE, PALETTES
 from conditions.raster_input import RGBImage, read_uint8_rgb
-from conditions.vector_layouts import (
-    layer_sources,
-    layers_centre,
-    load_layer_rules,
-    parse_polygon_classes,
-    rasterize_on,
-    utm_grid_at,
-    with_centre,
-)
 from conditions.vectors import LayoutLabels, TargetGrid, VectorError
 from core.hashing import sha256_file
 from core.seeding import sample_seed
-from gen.spec import (
-    FieldError,
-    choice,
-    cli_comma_list,
-    cli_pairs,
-    integer,
-    mapping,
-    number,
-    option,
-    optional,
-    path,
-    string,
-    string_list,
-)
+from gen import spec as checks
+from gen.spec import FieldError, option
 from gen.tasks.common import (
     JobOptions,
+    TaskBase,
     TextConditions,
     check_metadata_fields,
     fixed_metadata,
     guidance_option,
     layout_strength_option,
-    load_pipeline,
     metadata_option,
     record,
     steps_option,
@@ -78,41 +58,63 @@ DEFAULT_GSD = 0.5
 class ChangePairsSpec(JobOptions):
     task = "change_pairs"
     mode: str = option("full", "full (both dates generated) or hybrid (real t1, t2 inpainted where it changed)",
-                       choice("full", "hybrid"))  # fmt: skip
+                       checks.choice("full", "hybrid"))  # fmt: skip
     images: str | None = option(None, "hybrid: folder of real t1 images (8-bit RGB); with vectors also one file",
-                                optional(path()))  # fmt: skip
+                                checks.optional(checks.path()))  # fmt: skip
     masks: str | None = option(None, "semantic masks: full mode, the layouts; hybrid, the masks of the images "
-                               "(same file names)", optional(path("dir")))  # fmt: skip
+                               "(same file names)", checks.optional(checks.path("dir")))  # fmt: skip
     vectors: tuple[str, ...] = option(
         [], "layout t1 from vector layers instead of masks, repeatable: buildings:PATH, roads:PATH, "
-        "polygons=CLASS:PATH or a bare PATH", string_list(), repeat="list",
+        "polygons=CLASS:PATH or a bare PATH", checks.string_list(), repeat="list",
     )  # fmt: skip
     polygon_class: tuple[str, ...] = option([], "vectors: attribute rule for polygons, KEY[=VALUE]:CLASS",
-                                            string_list(), repeat="list")  # fmt: skip
+                                            checks.string_list(), repeat="list")  # fmt: skip
     size: int | None = option(None, "full mode with vectors: grid size in pixels (default: the model's native size)",
-                              optional(integer(8)), cli=int)  # fmt: skip
-    palette: str = option("levir", f"scheme of the masks: {', '.join(sorted(PALETTES))}", choice(*sorted(PALETTES)))
+                              checks.optional(checks.integer(8)), cli=int)  # fmt: skip
+    palette: str = option(
+        "levir", f"scheme of the masks: {', '.join(sorted(PALETTES))}", checks.choice(*sorted(PALETTES))
+    )
     events: dict[str, float] = option(
         {}, f"event probabilities ({', '.join(EVENT_TYPES)}; default add_building=0.6,remove_building=0.2,"
-        "transition=0.2)", mapping(number(0, 1), keys=EVENT_TYPES), cli=cli_pairs(float, "add_building=0.6"),
-        repeat="dict",
+        "transition=0.2)", checks.mapping(checks.number(0, 1), keys=EVENT_TYPES),
+        cli=checks.cli_pairs(float, "add_building=0.6"), repeat="dict",
     )  # fmt: skip
-    change_fraction: float = option(0.1, "target changed fraction of the pixels", number(0, 1, low_open=True),
+    change_fraction: float = option(0.1, "target changed fraction of the pixels", checks.number(0, 1, low_open=True),
                                     cli=float)  # fmt: skip
-    no_change_fraction: float = option(0.0, "share of pairs with no event (distractors only)", number(0, 1), cli=float)
-    distractors: tuple[str, ...] = option([], f"pseudo-changes on t2, comma-separated: {', '.join(DISTRACTORS)}",
-                                          string_list(allowed=tuple(DISTRACTORS)), cli=cli_comma_list)  # fmt: skip
+    no_change_fraction: float = option(
+        0.0, "share of pairs with no event (distractors only)", checks.number(0, 1), cli=float
+    )
+    transitions: dict[str, str] = option(
+        {}, "class transitions of 'transition' events, repeatable: FROM=TO, e.g. agriculture=bare (default: "
+        "rsgen's table)", checks.mapping(checks.string), cli=checks.cli_pairs(str, "agriculture=bare"), repeat="dict",
+    )  # fmt: skip
+    min_size_m: float = option(
+        8.0, "smallest side of a new building, metres", checks.number(0, low_open=True), cli=float
+    )
+    max_size_m: float = option(
+        40.0, "largest side of a new building, metres", checks.number(0, low_open=True), cli=float
+    )
+    road_setback_m: float = option(
+        2.0, "gap new buildings keep to roads, metres (0 = none)", checks.number(0), cli=float
+    )
+    allow_overlap: bool = option(
+        False, "let new buildings overlap roads and other buildings", checks.boolean, boolean=True
+    )
+    distractors: tuple[str, ...] = option(
+        [], f"pseudo-changes on t2, comma-separated: {', '.join(DISTRACTORS)}",
+        checks.string_list(allowed=tuple(DISTRACTORS)), cli=checks.cli_comma_list,
+    )  # fmt: skip
     gsd: float | None = option(None, f"metres per pixel of the masks, or of the vector grid in full mode "
                                f"(default {DEFAULT_GSD}); hybrid vectors use the images' pixel size",
-                               optional(number(0, low_open=True)), cli=float)  # fmt: skip
+                               checks.optional(checks.number(0, low_open=True)), cli=float)  # fmt: skip
     lat: Any = metadata_option("lat", drawn=False)
     lon: Any = metadata_option("lon", drawn=False)
     date: Any = metadata_option("date", drawn=False)
     cloud: Any = metadata_option("cloud", drawn=False)
     sensor: Any = metadata_option("sensor", drawn=False)
-    prompt: str = option("", "text prompt of both dates", string)
+    prompt: str = option("", "text prompt of both dates", checks.string)
     dataset_format: str = option("levir", "output layout: levir (A/ B/ label/) or second (im1/ im2/ label1/ label2/)",
-                                 choice(*DATASET_FORMATS))  # fmt: skip
+                                 checks.choice(*DATASET_FORMATS))  # fmt: skip
     layout_strength: float | None = layout_strength_option()
     steps: int = steps_option()
     guidance: float = guidance_option()
@@ -139,9 +141,17 @@ class ChangePairsSpec(JobOptions):
         if self.polygon_class and not self.vectors:
             raise FieldError("polygon_class", "only used with vectors")
         try:
-            ChangeConfig(change_fraction=self.change_fraction, **({"events": self.events} if self.events else {}))
+            change_config(self)
         except ValueError as err:
             raise FieldError("events", str(err)) from None
+
+
+def change_config(spec: ChangePairsSpec) -> ChangeConfig:
+    """The event simulator's settings of ``spec`` (its defaults where the spec leaves them out)."""
+    optional_ = {"events": spec.events, "transitions": spec.transitions}
+    return ChangeConfig(change_fraction=spec.change_fraction, min_size_m=spec.min_size_m, max_size_m=spec.max_size_m,
+                        road_setback_m=spec.road_setback_m, allow_overlap=spec.allow_overlap,
+                        **{k: v for k, v in optional_.items() if v})  # fmt: skip
 
 
 @dataclass
@@ -157,23 +167,19 @@ class LayoutT1:
     provenance: dict[str, Any]
 
 
-class ChangePairsTask:
+class ChangePairsTask(TaskBase):
     def __init__(self, spec: ChangePairsSpec) -> None:
-        self.spec = spec
-        self.layout = ChangePairFolder(spec.dataset_format)
-        self.chunk_size = 1
-        self.pipe: Any = None
-        self.change = ChangeConfig(change_fraction=spec.change_fraction,
-                                   **({"events": spec.events} if spec.events else {}))  # fmt: skip
-        polygon_classes = parse_polygon_classes(spec.polygon_class)
-        self.rules = load_layer_rules(spec.vectors, polygon_classes) if spec.vectors else []
+        super().__init__(spec, ChangePairFolder(spec.dataset_format), 1)
+        self.change = change_config(spec)
+        polygon_classes = layers.parse_polygon_classes(spec.polygon_class)
+        self.rules = layers.load_layer_rules(spec.vectors, polygon_classes) if spec.vectors else []
         self.sources = self._sources()
         self._full_grid: LayoutLabels | None = None
 
     def load_model(self, pipe: Any = None) -> None:
         from pipelines.controlled import RSControlledPipeline
 
-        self.pipe = pipe if pipe is not None else load_pipeline(RSControlledPipeline, self.spec)
+        self.attach(RSControlledPipeline, pipe)
         if self.spec.layout_strength is not None:
             self.pipe.set_layout_strength(self.spec.layout_strength, "layout_strength")
         if "mask" not in self.pipe.control_names:
@@ -260,20 +266,21 @@ class ChangePairsTask:
             gsd = spec.gsd or DEFAULT_GSD
             metadata = fixed_metadata(spec, gsd=gsd)
             return LayoutT1(semantic, None, gsd, georef, metadata, image, provenance)
-        provenance: dict[str, Any] = {"layers": layer_sources(self.rules)}
+        provenance: dict[str, Any] = {"layers": layers.layer_sources(self.rules)}
         image = None
         if source is None:  # full mode: one grid for every sample, rasterised once
             if self._full_grid is None:
-                lat, lon = (spec.lat, spec.lon) if spec.lat is not None else layers_centre(self.rules)
+                lat, lon = (spec.lat, spec.lon) if spec.lat is not None else layers.layers_centre(self.rules)
                 size = spec.size or self.pipe.model_card.native_size[0]
-                self._full_grid = rasterize_on(self.rules, utm_grid_at(lat, lon, spec.gsd or DEFAULT_GSD, size))
+                grid = layers.utm_grid_at(lat, lon, spec.gsd or DEFAULT_GSD, size)
+                self._full_grid = layers.rasterize_on(self.rules, grid)
             labels = self._full_grid
         else:
             rgb = _read_image(source, None)
             image = rgb.pixels
             grid = image_grid(source, rgb, image.shape[:2])
             try:
-                labels = rasterize_on(self.rules, grid)
+                labels = layers.rasterize_on(self.rules, grid)
             except VectorError:
                 raise VectorError(
                     f"vectors: no feature intersects images {str(source)!r} (grid {grid.crs.to_string()}, bounds "
@@ -283,7 +290,7 @@ class ChangePairsTask:
             provenance.update(image=rgb.source, image_sha256=rgb.sha256)
         grid = labels.grid
         metadata = fixed_metadata(spec, gsd=grid.gsd)
-        metadata = metadata if metadata.lat is not None else with_centre(metadata, grid)
+        metadata = metadata if metadata.lat is not None else layers.with_centre(metadata, grid)
         provenance["grid"] = {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6],
                               "width": grid.width, "height": grid.height}  # fmt: skip
         provenance["objects_t1"] = [{k: v for k, v in asdict(o).items() if k not in ("bbox", "obb")}

@@ -183,6 +183,59 @@ def check_metadata_fields(spec: Any) -> None:
         raise FieldError("cloud", f"uniform: expected fractions in [0, 1], got {cloud['uniform']}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PromptOptions:
+    """A prompt drawn per sample from a list, and a negative prompt."""
+
+    prompt: tuple[str, ...] = prompts_option()
+    negative_prompt: str | None = negative_prompt_option()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetadataOptions:
+    """Acquisition metadata fields: each a value or a distribution drawn per sample."""
+
+    gsd: Any = metadata_option("gsd")
+    lat: Any = metadata_option("lat")
+    lon: Any = metadata_option("lon")
+    location: Any = metadata_option("location")
+    date: Any = metadata_option("date")
+    cloud: Any = metadata_option("cloud")
+    sensor: Any = metadata_option("sensor")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingOptions:
+    """Pipeline calls of ``batch_size`` samples, ``steps`` denoising steps, guidance ``guidance``."""
+
+    batch_size: int = batch_size_option()
+    steps: int = steps_option()
+    guidance: float = guidance_option()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationOptions(SamplingOptions, MetadataOptions, PromptOptions, JobOptions):
+    """The fields of the tasks that generate images from a prompt and metadata (txt2img, generate, inpaint)."""
+
+    def validate(self) -> None:
+        check_metadata_fields(self)
+
+
+class TaskBase:
+    """What every task object holds: its spec, output layout, chunk size and (once loaded) its pipeline."""
+
+    def __init__(self, spec: Any, layout: Any, chunk_size: int) -> None:
+        self.spec = spec
+        self.layout = layout
+        self.chunk_size = chunk_size
+        self.pipe: Any = None
+
+    def attach(self, pipeline_class: Any, pipe: Any = None) -> Any:
+        """Use ``pipe`` (already loaded) or load ``spec.model`` with ``pipeline_class``."""
+        self.pipe = pipe if pipe is not None else load_pipeline(pipeline_class, self.spec)
+        return self.pipe
+
+
 # ---------------------------------------------------------------------- per-sample draws
 def draw(dist: Any, rng: np.random.Generator) -> Any:
     """A value of a distribution (a fixed value is returned as it is, drawing nothing)."""

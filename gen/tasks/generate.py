@@ -17,19 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from conditions import vector_layouts as layers
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, PALETTES
-from conditions.vector_layouts import (
-    layer_sources,
-    layers_bounds_lonlat,
-    layers_centre,
-    load_layer_rules,
-    parse_polygon_classes,
-    rasterize_on,
-    utm_grid_at,
-    with_centre,
-)
 from core.seeding import sample_generators
 from gen.spec import (
     FieldError,
@@ -45,19 +36,12 @@ from gen.spec import (
     string_list,
 )
 from gen.tasks.common import (
-    JobOptions,
+    GenerationOptions,
+    TaskBase,
     TextConditions,
-    batch_size_option,
-    check_metadata_fields,
     draw_text_conditions,
-    guidance_option,
     layout_strength_option,
-    load_pipeline,
-    metadata_option,
-    negative_prompt_option,
-    prompts_option,
     record,
-    steps_option,
 )
 from gen.tasks.controls import PreparedControls, load_controls, scene_sample
 from synth_datasets.geotiff import GeoReference, georeference_from_point
@@ -83,10 +67,8 @@ def _cli_window(text: str) -> list[float]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenerateSpec(JobOptions):
+class GenerateSpec(GenerationOptions):
     task = "generate"
-    prompt: tuple[str, ...] = prompts_option()
-    negative_prompt: str | None = negative_prompt_option()
     masks: str | None = option(None, "semantic mask file, or a folder of masks (sample i uses mask i mod n)",
                                optional(path()))  # fmt: skip
     palette: str | None = option(None, f"scheme of the masks: {', '.join(sorted(PALETTES))}",
@@ -109,13 +91,6 @@ class GenerateSpec(JobOptions):
         {}, "the share of the steps a control acts in, repeatable: NAME=START:END, e.g. canny=0:0.6",
         mapping(_guidance_window), cli=cli_pairs(_cli_window, "canny=0:0.6"), repeat="dict",
     )  # fmt: skip
-    gsd: Any = metadata_option("gsd")
-    lat: Any = metadata_option("lat")
-    lon: Any = metadata_option("lon")
-    location: Any = metadata_option("location")
-    date: Any = metadata_option("date")
-    cloud: Any = metadata_option("cloud")
-    sensor: Any = metadata_option("sensor")
     size: int | None = option(None, "grid size of vector layouts in pixels (default: the model's native size)",
                               optional(integer(8)), cli=int)  # fmt: skip
     tile: int | None = option(None, "layouts larger than this (px) are generated in tiles (default: native size)",
@@ -126,12 +101,9 @@ class GenerateSpec(JobOptions):
     format: str = option("auto", "auto (GeoTIFF when the layout is georeferenced, else PNG) or geotiff "
                          "(placed by gsd and lat/lon)", choice("auto", "geotiff"))  # fmt: skip
     cog: bool = option(False, "write Cloud-Optimized GeoTIFFs", boolean, boolean=True)
-    batch_size: int = batch_size_option()
-    steps: int = steps_option()
-    guidance: float = guidance_option()
 
     def validate(self) -> None:
-        check_metadata_fields(self)
+        super().validate()
         if not (self.masks or self.vectors or self.control):
             raise FieldError("masks", "give a layout: masks (a file or folder), vectors (layers) or a control")
         if self.masks and self.vectors:
@@ -153,6 +125,9 @@ class GenerateSpec(JobOptions):
             for name in getattr(self, key):
                 if name not in names:
                     raise FieldError(key, f"{name}=...: no such control in this job (controls: {sorted(names)})")
+        if "stac" in self.writers and self.format != "geotiff" and not (self.vectors or self.masks):
+            raise FieldError("writers", "stac needs georeferenced samples: give vectors, georeferenced masks or "
+                             "format geotiff")  # fmt: skip
         if self.cog and self.format != "geotiff" and not self.vectors:
             raise FieldError("cog", "Cloud-Optimized GeoTIFFs need georeferenced output (vectors or format geotiff)")
 
@@ -167,25 +142,23 @@ class LayoutConditions:
     sources: list[dict[str, Any]]  # provenance of the layout
 
 
-class GenerateTask:
+class GenerateTask(TaskBase):
     def __init__(self, spec: GenerateSpec) -> None:
-        self.spec = spec
-        self.layout = ImageFolder()
-        self.chunk_size = spec.batch_size
-        self.pipe: Any = None
-        self.rules = load_layer_rules(spec.vectors, parse_polygon_classes(spec.polygon_class)) if spec.vectors else []
+        super().__init__(spec, ImageFolder(), spec.batch_size)
+        polygon_classes = layers.parse_polygon_classes(spec.polygon_class)
+        self.rules = layers.load_layer_rules(spec.vectors, polygon_classes) if spec.vectors else []
         self.mask_files = _mask_files(Path(spec.masks)) if spec.masks else []
         self.controls: PreparedControls | None = None
 
     def load_model(self, pipe: Any = None) -> None:
         from pipelines.controlled import RSControlledPipeline
 
-        self.pipe = pipe if pipe is not None else load_pipeline(RSControlledPipeline, self.spec)
+        self.attach(RSControlledPipeline, pipe)
         if self.spec.layout_strength is not None:
             self.pipe.set_layout_strength(self.spec.layout_strength, "layout_strength")
 
     def _text(self, index: int) -> TextConditions:
-        box = {"box": list(layers_bounds_lonlat(self.rules))} if self.spec.location == "layers" else None
+        box = {"box": list(layers.layers_bounds_lonlat(self.rules))} if self.spec.location == "layers" else None
         spec = self.spec if box is None else _without_location(self.spec)
         return draw_text_conditions(spec, index, location=box)[0]
 
@@ -207,14 +180,14 @@ class GenerateTask:
         if self.rules:
             md = text.metadata
             drawn = spec.location is not None
-            lat, lon = (md.lat, md.lon) if md.lat is not None else layers_centre(self.rules)
+            lat, lon = (md.lat, md.lon) if md.lat is not None else layers.layers_centre(self.rules)
             size = spec.size or self.pipe.model_card.native_size[0]
-            labels = rasterize_on(self.rules, utm_grid_at(lat, lon, md.gsd, size), allow_empty=drawn)
+            labels = layers.rasterize_on(self.rules, layers.utm_grid_at(lat, lon, md.gsd, size), allow_empty=drawn)
             if md.lat is None:  # the layout places the image: tell the model where
-                text = TextConditions(text.prompt, with_centre(md, labels.grid))
+                text = TextConditions(text.prompt, layers.with_centre(md, labels.grid))
             georef = GeoReference(crs=labels.grid.crs, transform=labels.grid.transform)
             return LayoutConditions(text, Labels(labels.semantic, labels.instances, labels.objects), georef,
-                                    layer_sources(self.rules))  # fmt: skip
+                                    layers.layer_sources(self.rules))  # fmt: skip
         return LayoutConditions(text, None, None, [])
 
     def samples(self, indices: list[int]) -> list[ImageSample]:

@@ -15,19 +15,7 @@ from conditions.raster_input import open_raster, read_uint8_rgb
 from core.hashing import sha256_file
 from core.seeding import sample_generators
 from gen.spec import MISSING, FieldError, integer, option, path, string_list
-from gen.tasks.common import (
-    JobOptions,
-    batch_size_option,
-    check_metadata_fields,
-    draw_text_conditions,
-    guidance_option,
-    load_pipeline,
-    metadata_option,
-    negative_prompt_option,
-    prompts_option,
-    record,
-    steps_option,
-)
+from gen.tasks import common
 from gen.tasks.controls import load_controls
 from synth_datasets.geotiff import GeoReference
 from synth_datasets.output_layouts import ImageFolder
@@ -35,38 +23,23 @@ from synth_datasets.samples import ImageSample
 
 
 @dataclass(frozen=True, kw_only=True)
-class InpaintSpec(JobOptions):
+class InpaintSpec(common.GenerationOptions):
     task = "inpaint"
     image: str = option(MISSING, "8-bit RGB image (PNG/GeoTIFF) to inpaint", path("file"))
     region: str = option(MISSING, "mask of the same size: non-zero pixels are regenerated", path("file"))
     feather: int = option(0, "cross-fade margin in pixels outside the region", integer(0), cli=int)
     control: tuple[str, ...] = option([], "image control, repeatable: canny:PATH, depth:DSM[,DTM], image:PATH",
                                       string_list(), repeat="list")  # fmt: skip
-    prompt: tuple[str, ...] = prompts_option()
-    negative_prompt: str | None = negative_prompt_option()
-    gsd: Any = metadata_option("gsd")
-    lat: Any = metadata_option("lat")
-    lon: Any = metadata_option("lon")
-    location: Any = metadata_option("location")
-    date: Any = metadata_option("date")
-    cloud: Any = metadata_option("cloud")
-    sensor: Any = metadata_option("sensor")
-    batch_size: int = batch_size_option()
-    steps: int = steps_option()
-    guidance: float = guidance_option()
 
     def validate(self) -> None:
-        check_metadata_fields(self)
+        super().validate()
         if self.location == "layers":
             raise FieldError("location", "'layers' draws inside vector layers; inpaint has none: give a box")
 
 
-class InpaintTask:
+class InpaintTask(common.TaskBase):
     def __init__(self, spec: InpaintSpec) -> None:
-        self.spec = spec
-        self.layout = ImageFolder()
-        self.chunk_size = spec.batch_size
-        self.pipe: Any = None
+        super().__init__(spec, ImageFolder(), spec.batch_size)
         self.input = read_uint8_rgb(spec.image, argument="image")
         with warnings.catch_warnings(), open_raster(spec.region, argument="region") as src:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -83,15 +56,15 @@ class InpaintTask:
     def load_model(self, pipe: Any = None) -> None:
         from pipelines.controlled import RSControlledPipeline
 
-        self.pipe = pipe if pipe is not None else load_pipeline(RSControlledPipeline, self.spec)
+        self.attach(RSControlledPipeline, pipe)
 
     def describe(self, index: int) -> dict[str, Any]:
-        text = draw_text_conditions(self.spec, index)[0]
+        text = common.draw_text_conditions(self.spec, index)[0]
         return {"prompt": text.prompt, "metadata": text.metadata.to_dict(), "image": self.spec.image}
 
     def samples(self, indices: list[int]) -> list[ImageSample]:
         spec, pipe, n = self.spec, self.pipe, len(indices)
-        texts = [draw_text_conditions(spec, i)[0] for i in indices]
+        texts = [common.draw_text_conditions(spec, i)[0] for i in indices]
         image = self.input.pixels
         image_t = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
         region_t = torch.from_numpy(self.region)[None, None].float()  # (1, 1, H, W)
@@ -110,7 +83,7 @@ class InpaintTask:
             pixels = (result.images[k].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)  # (H, W, 3)
             keep = (result.blend_weights[k, 0] == 0).numpy()
             pixels[keep] = image[keep]  # bit-identical outside the blended region, by construction
-            rec = record(spec, pipe, index, text, conditions=sources, feather_px=spec.feather,
+            rec = common.record(spec, pipe, index, text, conditions=sources, feather_px=spec.feather,
                          changed_pixels=int((~keep).sum()))  # fmt: skip
             rec["sampling"]["layout_strength"] = pipe.check_layout_strength(None, self.controls.tensors, spec.steps)
             samples.append(ImageSample(pixels, rec, self.georef))

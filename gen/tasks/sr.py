@@ -47,7 +47,7 @@ from gen.spec import (
     string,
     string_list,
 )
-from gen.tasks.common import JobOptions, guidance_option, load_pipeline, steps_option
+from gen.tasks.common import JobOptions, TaskBase, guidance_option, steps_option
 from synth_datasets.geotiff import GeoReference
 from synth_datasets.output_layouts import ImageFolder
 from synth_datasets.samples import ImageSample, RowSink, StreamedImage
@@ -120,17 +120,14 @@ def _next_to(nodata: float, dtype: np.dtype) -> float:
     return float(np.nextafter(np.array(nodata, dtype=dtype), np.array(np.inf, dtype=dtype)))
 
 
-class SRTask:
+class SRTask(TaskBase):
     def __init__(self, spec: SRSpec) -> None:
-        self.spec = spec
-        self.layout = ImageFolder()
-        self.chunk_size = 1
-        self.pipe: Any = None
+        super().__init__(spec, ImageFolder(), 1)
 
     def load_model(self, pipe: Any = None) -> None:
         from pipelines.super_resolution import RSSuperResolutionPipeline
 
-        self.pipe = pipe if pipe is not None else load_pipeline(RSSuperResolutionPipeline, self.spec)
+        self.attach(RSSuperResolutionPipeline, pipe)
         self.tile = self.spec.tile or self.pipe.model_card.native_size[0]
         if self.tile % self.pipe.size_multiple:
             raise FieldError("tile", f"{self.tile}: expected a multiple of {self.pipe.size_multiple} for this model")

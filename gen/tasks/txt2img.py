@@ -7,37 +7,15 @@ from typing import Any
 
 from core.seeding import sample_generators
 from gen.spec import FieldError, boolean, choice, integer, option, optional
-from gen.tasks.common import (
-    JobOptions,
-    TextConditions,
-    batch_size_option,
-    check_metadata_fields,
-    draw_text_conditions,
-    guidance_option,
-    load_pipeline,
-    metadata_option,
-    negative_prompt_option,
-    prompts_option,
-    record,
-    steps_option,
-)
+from gen.tasks import common
 from synth_datasets.geotiff import georeference_from_point
 from synth_datasets.output_layouts import ImageFolder
 from synth_datasets.samples import ImageSample
 
 
 @dataclass(frozen=True, kw_only=True)
-class Txt2ImgSpec(JobOptions):
+class Txt2ImgSpec(common.GenerationOptions):
     task = "txt2img"
-    prompt: tuple[str, ...] = prompts_option()
-    negative_prompt: str | None = negative_prompt_option()
-    gsd: Any = metadata_option("gsd")
-    lat: Any = metadata_option("lat")
-    lon: Any = metadata_option("lon")
-    location: Any = metadata_option("location")
-    date: Any = metadata_option("date")
-    cloud: Any = metadata_option("cloud")
-    sensor: Any = metadata_option("sensor")
     height: int | None = option(None, "image height in pixels (default: the model's native size)",
                                 optional(integer(8)), cli=int)  # fmt: skip
     width: int | None = option(None, "image width in pixels (default: the model's native size)",
@@ -45,12 +23,9 @@ class Txt2ImgSpec(JobOptions):
     format: str = option("png", "png, or geotiff placed in the local UTM zone (needs gsd and lat/lon or location)",
                          choice("png", "geotiff"))  # fmt: skip
     cog: bool = option(False, "write Cloud-Optimized GeoTIFFs (with format geotiff)", boolean, boolean=True)
-    batch_size: int = batch_size_option()
-    steps: int = steps_option()
-    guidance: float = guidance_option()
 
     def validate(self) -> None:
-        check_metadata_fields(self)
+        super().validate()
         placed = self.gsd is not None and (self.lat is not None or self.location not in (None, "layers"))
         if self.format == "geotiff" and not placed:
             raise FieldError("format", "geotiff needs gsd and a location (lat/lon or location) to place each image")
@@ -58,24 +33,23 @@ class Txt2ImgSpec(JobOptions):
             raise FieldError("location", "'layers' draws inside vector layers; txt2img has none: give a box")
         if self.cog and self.format != "geotiff":
             raise FieldError("cog", "Cloud-Optimized GeoTIFFs need format geotiff")
+        if "stac" in self.writers and self.format != "geotiff":
+            raise FieldError("writers", "stac needs georeferenced samples: set format geotiff")
 
 
-class Txt2ImgTask:
+class Txt2ImgTask(common.TaskBase):
     """Batches of samples through ``RSText2ImagePipeline``; sample i's image does not depend on the batch."""
 
     def __init__(self, spec: Txt2ImgSpec) -> None:
-        self.spec = spec
-        self.layout = ImageFolder()
-        self.chunk_size = spec.batch_size
-        self.pipe: Any = None
+        super().__init__(spec, ImageFolder(), spec.batch_size)
 
     def load_model(self, pipe: Any = None) -> None:
         from pipelines.text2img import RSText2ImagePipeline
 
-        self.pipe = pipe if pipe is not None else load_pipeline(RSText2ImagePipeline, self.spec)
+        self.attach(RSText2ImagePipeline, pipe)
 
-    def conditions(self, index: int) -> TextConditions:
-        return draw_text_conditions(self.spec, index)[0]
+    def conditions(self, index: int) -> common.TextConditions:
+        return common.draw_text_conditions(self.spec, index)[0]
 
     def describe(self, index: int) -> dict[str, Any]:
         text = self.conditions(index)
@@ -99,5 +73,7 @@ class Txt2ImgTask:
             if spec.format == "geotiff":
                 georef = georeference_from_point(md.lat, md.lon, md.gsd, height, width)
             extra = {"metadata_conditioned": pipe.has_metadata, "height": height, "width": width}
-            samples.append(ImageSample(image, record(spec, pipe, index, text, **extra), georef=georef, cog=spec.cog))
+            samples.append(
+                ImageSample(image, common.record(spec, pipe, index, text, **extra), georef=georef, cog=spec.cog)
+            )
         return samples

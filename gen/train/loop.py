@@ -24,6 +24,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -192,114 +193,155 @@ def run_training(
             out / "train_config.json",
             json.dumps({"digest": config.digest(), "config": config.raw}, indent=1, default=str) + "\n",
         )
-    task = build_task(config, accelerator)
-    objective = task.objective
-    params = [p for p in objective.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
-    logger.info("task %s: %.2fM trainable parameters", config.task, n_params / 1e6)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    ema = EMA(objective, config.ema_decay) if config.ema_decay > 0 else None
+    run = TrainingRun.start(config, accelerator, build_task(config, accelerator))
+    run.train()
+    if run.start_step >= config.max_steps:
+        logger.info("already trained to step %d (max_steps=%d)", run.start_step, config.max_steps)
+    if not export:
+        return out
+    return run.export()
 
-    start, history = 0, []
-    checkpoints = list_checkpoints(out)
-    if checkpoints:
-        state = load_checkpoint(checkpoints[-1], objective, ema, optimizer)
-        start, history = int(state["step"]), list(state.get("history", []))
-        logger.info("resumed from %s (step %d)", checkpoints[-1], start)
-        if accelerator.is_main_process:
-            _truncate_log(out / "log.jsonl", start)
-    warm = lr_lambda(config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warm(s + start))
-    # The LR schedule is stepped by hand once per optimizer update (accelerate would step it once per process).
-    wrapped, optimizer = accelerator.prepare(objective, optimizer)
 
-    def checkpoint(step: int) -> None:
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_checkpoint(out, step, accelerator.unwrap_model(wrapped), ema, optimizer.optimizer
-                            if hasattr(optimizer, "optimizer") else optimizer,
-                            {"history": history, "digest": config.digest()}, config.keep_checkpoints)  # fmt: skip
+@dataclass
+class TrainingRun:
+    """One training run's state: the wrapped objective, optimizer, LR schedule, EMA and loss history."""
 
-    def sample(step: int) -> None:
-        if not accelerator.is_main_process:
+    config: TrainConfig
+    accelerator: Accelerator
+    task: TrainTask
+    wrapped: Any
+    optimizer: Any
+    scheduler: Any
+    ema: EMA | None
+    params: list[nn.Parameter]
+    start_step: int
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def start(cls, config: TrainConfig, accelerator: Accelerator, task: TrainTask) -> TrainingRun:
+        """Build the optimizer and EMA, and resume from the newest complete checkpoint if there is one."""
+        out, objective = config.output_dir, task.objective
+        params = [p for p in objective.parameters() if p.requires_grad]
+        logger.info("task %s: %.2fM trainable parameters", config.task, sum(p.numel() for p in params) / 1e6)
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        ema = EMA(objective, config.ema_decay) if config.ema_decay > 0 else None
+        start, history = 0, []
+        checkpoints = list_checkpoints(out)
+        if checkpoints:
+            state = load_checkpoint(checkpoints[-1], objective, ema, optimizer)
+            start, history = int(state["step"]), list(state.get("history", []))
+            logger.info("resumed from %s (step %d)", checkpoints[-1], start)
+            if accelerator.is_main_process:
+                _truncate_log(out / "log.jsonl", start)
+        warm = lr_lambda(config.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warm(s + start))
+        # The LR schedule is stepped by hand once per optimizer update (accelerate would step it once per process).
+        wrapped, optimizer = accelerator.prepare(objective, optimizer)
+        return cls(config, accelerator, task, wrapped, optimizer, scheduler, ema, params, start, history)
+
+    def checkpoint(self, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+            save_checkpoint(self.config.output_dir, step, self.accelerator.unwrap_model(self.wrapped), self.ema,
+                            optimizer, {"history": self.history, "digest": self.config.digest()},
+                            self.config.keep_checkpoints)  # fmt: skip
+
+    def sample(self, step: int) -> None:
+        if not self.accelerator.is_main_process:
             return
-        module = accelerator.unwrap_model(wrapped)
-        raw = ema.swap_into(module) if ema is not None else {}
+        module = self.accelerator.unwrap_model(self.wrapped)
+        raw = self.ema.swap_into(module) if self.ema is not None else {}
         try:
-            grid = task.sample_grid(module, step)
+            grid = self.task.sample_grid(module, step)
         finally:
-            if ema is not None:
+            if self.ema is not None:
                 EMA.restore(module, raw)
-        path = out / "samples" / f"{CHECKPOINT_PREFIX}{step:06d}.png"
+        path = self.config.output_dir / "samples" / f"{CHECKPOINT_PREFIX}{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
         logger.info("sample grid: %s", path)
 
-    wrapped.train()
-    window: list[float] = []
-    tick = time.perf_counter()
-    bar = progress(total=config.max_steps, desc=f"train {config.task}", unit="step")
-    bar.update(start)
-    for step in range(start, config.max_steps):
+    def optimizer_step(self, step: int) -> list[float]:
+        """One optimizer update over ``gradient_accumulation_steps`` micro-batches; returns their losses."""
+        config, accelerator, losses = self.config, self.accelerator, []
         for micro in range(config.gradient_accumulation_steps):
-            with accelerator.accumulate(wrapped):
-                loss = wrapped(step * config.gradient_accumulation_steps + micro, accelerator.process_index)
+            with accelerator.accumulate(self.wrapped):
+                loss = self.wrapped(step * config.gradient_accumulation_steps + micro, accelerator.process_index)
                 if not torch.isfinite(loss):
                     raise TrainError(f"step {step}: loss is {loss.item()}; lower learning_rate or check the data")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, 1.0)
-                optimizer.step()
+                    accelerator.clip_grad_norm_(self.params, 1.0)
+                self.optimizer.step()
                 if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.append(float(loss.detach()))
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(wrapped), step)
-        done = step + 1
-        bar.update()
-        if done % config.log_every == 0 or done == config.max_steps:
-            seconds = (time.perf_counter() - tick) / max(1, len(window) / config.gradient_accumulation_steps)
-            record = {"step": done, "loss": float(np.mean(window)), "lr": scheduler.get_last_lr()[0],
-                      "s_per_step": round(seconds, 3)}  # fmt: skip
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if accelerator.is_main_process:
-                with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            logger.info("step %d loss %.5f (%.2f s/step)", done, record["loss"], seconds)
-            window, tick = [], time.perf_counter()
-        if done % config.checkpoint_every == 0 or done == config.max_steps:
-            checkpoint(done)
-        if done % config.sample_every == 0:
-            sample(done)
-    bar.close()
-    if start >= config.max_steps:
-        logger.info("already trained to step %d (max_steps=%d)", start, config.max_steps)
-    if not export:
-        return out
-    accelerator.wait_for_everyone()
-    export_dir = out / "export"
-    if accelerator.is_main_process:
-        module = accelerator.unwrap_model(wrapped)
-        if ema is not None:
-            ema.swap_into(module)
-        if not (out / "samples" / f"{CHECKPOINT_PREFIX}{config.max_steps:06d}.png").is_file():
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        if self.ema is not None:
+            self.ema.update(accelerator.unwrap_model(self.wrapped), step)
+        return losses
+
+    def log(self, done: int, window: list[float], seconds: float, bar: Any) -> None:
+        record = {"step": done, "loss": float(np.mean(window)), "lr": self.scheduler.get_last_lr()[0],
+                  "s_per_step": round(seconds, 3)}  # fmt: skip
+        self.history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if self.accelerator.is_main_process:
+            with open(self.config.output_dir / "log.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        logger.info("step %d loss %.5f (%.2f s/step)", done, record["loss"], seconds)
+
+    def train(self) -> None:
+        """Steps from ``start_step`` to ``max_steps``, with logs, checkpoints and sample grids on their cadence."""
+        config = self.config
+        self.wrapped.train()
+        window: list[float] = []
+        tick = time.perf_counter()
+        bar = progress(total=config.max_steps, desc=f"train {config.task}", unit="step")
+        bar.update(self.start_step)
+        for step in range(self.start_step, config.max_steps):
+            window += self.optimizer_step(step)
+            done = step + 1
+            bar.update()
+            if done % config.log_every == 0 or done == config.max_steps:
+                seconds = (time.perf_counter() - tick) / max(1, len(window) / config.gradient_accumulation_steps)
+                self.log(done, window, seconds, bar)
+                window, tick = [], time.perf_counter()
+            if done % config.checkpoint_every == 0 or done == config.max_steps:
+                self.checkpoint(done)
+            if done % config.sample_every == 0:
+                self.sample(done)
+        bar.close()
+
+    def export(self) -> Path:
+        """The EMA model as an rsgen bundle in ``output_dir/export``, with ``training.json``."""
+        config, accelerator = self.config, self.accelerator
+        accelerator.wait_for_everyone()
+        out = config.output_dir
+        export_dir = out / "export"
+        if accelerator.is_main_process:
+            module = accelerator.unwrap_model(self.wrapped)
+            if self.ema is not None:
+                self.ema.swap_into(module)
             path = out / "samples" / f"{CHECKPOINT_PREFIX}{config.max_steps:06d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            task.sample_grid(module, config.max_steps).save(path)
-        summary = {
-            "task": config.task, "steps": config.max_steps, "trainable_parameters": n_params,
-            "final_loss": history[-1]["loss"] if history else None, "ema_decay": config.ema_decay,
-            "batch_size": config.batch_size, "resolution": config.resolution, "history": history,
-            "config": config.raw,
-        }  # fmt: skip
-        with atomic_dir(export_dir) as staging:
-            task.export(module, staging, summary)
-            atomic_write_text(staging / "training.json", json.dumps(summary, indent=1, default=str) + "\n")
-        logger.info("exported %s", export_dir)
-    accelerator.wait_for_everyone()
-    return export_dir
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.task.sample_grid(module, config.max_steps).save(path)
+            history = self.history
+            summary = {
+                "task": config.task, "steps": config.max_steps,
+                "trainable_parameters": sum(p.numel() for p in self.params),
+                "final_loss": history[-1]["loss"] if history else None, "ema_decay": config.ema_decay,
+                "batch_size": config.batch_size, "resolution": config.resolution, "history": history,
+                "config": config.raw,
+            }  # fmt: skip
+            with atomic_dir(export_dir) as staging:
+                self.task.export(module, staging, summary)
+                atomic_write_text(staging / "training.json", json.dumps(summary, indent=1, default=str) + "\n")
+            logger.info("exported %s", export_dir)
+        accelerator.wait_for_everyone()
+        return export_dir
 
 
 def step_generator(seed: int, process: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -12,7 +12,7 @@ size, ``reference`` the HR reference warped to the same grid. The pipeline
 * guides over text and metadata only (the LR latent is in both branches).
 
 Band count is the bundle's: the VAE's in/out channels and the ControlNet's conditioning channels
-equal ``len(model_card.bands)``. File I/O, tiling and georeferencing live in ``gen.sr_job``.
+equal ``len(model_card.bands)``. File I/O, tiling and georeferencing live in ``gen.tasks.sr``.
 """
 
 from __future__ import annotations
