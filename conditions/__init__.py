@@ -1,4 +1,8 @@
-"""Everything that turns user input into conditioning: prompts, metadata, (later) masks and vectors.
+"""Everything that turns user input into conditioning: metadata (``metadata``, ``metadata_encoder``,
+``metadata_adapters``), palettes and semantic masks (``palettes``, ``masks``), vector layers and layouts
+(``vectors``, ``vector_layouts``), image controls (``image_controls``), rasters (``raster_input``), change
+events, captions and distractors (``change_events``, ``building_placement``, ``change_captions``,
+``distractors``).
 
 Light modules are imported eagerly; the torch-backed encoder is imported on first use so that
 ``rsgen --help`` and metadata validation stay fast.

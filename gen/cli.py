@@ -8,17 +8,18 @@ as ``rsgen run``, so a command and the equivalent YAML spec write the same files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gen import __version__
-from gen.spec import add_spec_arguments, build_spec, mapping_from_args
+from gen.spec import FieldError, add_spec_arguments, build_spec, mapping_from_args
 
 logger = logging.getLogger("rsgen")
 
@@ -232,16 +233,26 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     quick.set_defaults(handler=_cmd_quickstart)
 
 
+@contextlib.contextmanager
+def named_as(source: str) -> Iterator[None]:
+    """An input error found while running (a :class:`FieldError`) names the flag (``--size: 60: ...``) or key."""
+    try:
+        yield
+    except FieldError as err:
+        raise err.named(source) from None
+
+
 def _cmd_task(args: argparse.Namespace) -> int:
     from gen.runner import plan_job, run_job
     from gen.tasks import spec_class
 
     cls = spec_class(args.task)
     spec = build_spec(cls, mapping_from_args(cls, args), source="cli")
-    if args.dry_run:
-        sys.stdout.write(json.dumps(plan_job(spec, args.out), indent=2, default=str) + "\n")
-        return 0
-    summary = run_job(spec, args.out)
+    with named_as("cli"):
+        if args.dry_run:
+            sys.stdout.write(json.dumps(plan_job(spec, args.out), indent=2, default=str) + "\n")
+            return 0
+        summary = run_job(spec, args.out)
     sys.stdout.write(f"{args.command}: {summary.num_samples} sample(s) in {args.out} "
                      f"({summary.written_by_this_process} written now)\n")  # fmt: skip
     return 0
@@ -259,7 +270,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from gen.runner import plan_job
 
-        sys.stdout.write(json.dumps(plan_job(spec, out, args.num_processes), indent=2, default=str) + "\n")
+        with named_as("yaml"):
+            sys.stdout.write(json.dumps(plan_job(spec, out, args.num_processes), indent=2, default=str) + "\n")
         return 0
     if args.num_processes > 1:
         import subprocess
@@ -273,7 +285,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return subprocess.call(cmd)
     from gen.runner import run_job
 
-    summary = run_job(spec, out)
+    with named_as("yaml"):
+        summary = run_job(spec, out)
     sys.stdout.write(f"job done: {summary.num_samples} samples in {summary.num_shards} shard(s) at {out}\n")
     return 0
 

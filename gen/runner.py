@@ -131,8 +131,7 @@ def run_job(spec: Any, out: str | os.PathLike, *, pipe: Any = None) -> JobSummar
     state = PartialState(cpu=not torch.cuda.is_available())
     rank, world = state.process_index, state.num_processes
     out = Path(out)
-    torch.set_num_threads(spec.threads or default_threads())
-    task = open_task(spec)  # inputs are read and checked before the folder is claimed
+    task = open_task(spec)  # inputs are read and checked before the folder is claimed (errors: FieldError)
     fresh = False
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -141,12 +140,16 @@ def run_job(spec: Any, out: str | os.PathLike, *, pipe: Any = None) -> JobSummar
     state.wait_for_everyone()
     if json.loads((out / LOCK_FILE).read_text())["spec_sha256"] != spec_digest(spec):
         raise JobLockError(f"rank {rank}: the lock in {out} names another spec")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads or default_threads())
     try:
         written = _run_shards(spec, task, out, rank, world, pipe)
     except BaseException:
         if state.is_main_process and fresh and not _any_sample(spec, task, out):
             shutil.rmtree(out, ignore_errors=True)  # no sample was complete: free the folder for a corrected command
         raise
+    finally:
+        torch.set_num_threads(threads)
     state.wait_for_everyone()
     summary = JobSummary(spec.num_samples, spec.num_shards, spec_digest(spec), written)
     if state.is_main_process:

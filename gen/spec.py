@@ -33,11 +33,17 @@ class SpecError(ConfigError):
 
 
 class FieldError(ValueError):
-    """A check failed for field ``name``; :func:`build_spec` names it as YAML key or CLI flag."""
+    """A check failed for field ``name`` (``str()``: "name: message"); :func:`build_spec` and the CLI name the
+    field as the user wrote it (YAML key or CLI flag)."""
 
     def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(f"{name}: {message}")
         self.name = name
+        self.message = message
+
+    def named(self, source: str) -> SpecError:
+        """The same error naming the field as a YAML key (``source`` "yaml") or a CLI flag ("cli")."""
+        return SpecError(f"{flag_name(self.name) if source == 'cli' else self.name}: {self.message}")
 
 
 Check = Callable[[Any], Any]
@@ -101,14 +107,14 @@ def build_spec(cls: type, data: Mapping[str, Any], *, source: str = "yaml") -> A
         try:
             values[f.name] = opt.check(value)
         except FieldError as err:
-            raise SpecError(f"{name_of(err.name)}: {err}") from None
+            raise err.named(source) from None
         except ValueError as err:
             raise SpecError(f"{name_of(f.name)}: {err}") from None
     spec = cls(**values)
     try:
         spec.validate()
     except FieldError as err:
-        raise SpecError(f"{name_of(err.name)}: {err}") from None
+        raise err.named(source) from None
     return spec
 
 

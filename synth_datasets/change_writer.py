@@ -21,8 +21,7 @@ import numpy as np
 
 from conditions.palettes import CANONICAL, get_palette
 from core.atomic import atomic_write_text
-from synth_datasets.geotiff import write_geotiff
-from synth_datasets.reader import read_raster
+from synth_datasets.geotiff import read_raster, write_geotiff
 from synth_datasets.sample_writer import write_png
 from synth_datasets.samples import ChangePairSample
 

@@ -149,3 +149,12 @@ def geotiff_window_writer(
                 if tags:
                     dst.update_tags(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()})
                 yield dst
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """(H, W, bands) for multi-band rasters, (H, W) for one band."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            data = src.read()  # (bands, H, W)
+    return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)

@@ -9,30 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning
 
 from core.hashing import sha256_file
+from synth_datasets.change_writer import PAIR_FOLDERS, read_change_pair
+from synth_datasets.geotiff import read_raster
 
 
 class DatasetError(ValueError):
     """Not an rsgen dataset, or a file is missing or does not match its recorded sha256."""
-
-
-def read_raster(path: Path) -> np.ndarray:
-    """(H, W, bands) for multi-band rasters, (H, W) for one band."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            data = src.read()  # (bands, H, W)
-    return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
 
 
 @dataclass
@@ -48,11 +38,11 @@ class DatasetSample:
 
     @property
     def is_change_pair(self) -> bool:
-        return "B" in self.files or "im2" in self.files
+        return "changes" in self.files
 
     def image(self, *, verify: bool = True) -> np.ndarray:
         """The sample's image (for change pairs: the t2 image, whose sha256 the manifest records)."""
-        role = "image" if "image" in self.files else ("B" if "B" in self.files else "im2")
+        role = "image" if "image" in self.files else next(f[1] for f in PAIR_FOLDERS.values() if f[1] in self.files)
         path = self.path(role)
         if verify and self.sha256 and sha256_file(path) != self.sha256:
             raise DatasetError(f"{path}: sha256 does not match the manifest; the file changed or is corrupt")
@@ -68,15 +58,8 @@ class DatasetSample:
 
     def pair(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(t1, t2, change mask) of a change pair."""
-        t1 = read_raster(self.path("A" if "A" in self.files else "im1"))
-        t2 = self.image(verify=False)
-        if "label" in self.files:
-            change = read_raster(self.path("label"))
-            change = (change if change.ndim == 2 else change[..., 0]) > 0
-        else:
-            label1 = read_raster(self.path("label1"))
-            change = (label1 != 255).any(axis=-1)  # SECOND: white = no change
-        return t1, t2, change
+        pair = read_change_pair(self.root / Path(self.files["changes"]).parent.parent, self.id)
+        return pair["A"], pair["B"], pair["change"]
 
     @property
     def caption(self) -> str:

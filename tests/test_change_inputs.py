@@ -153,20 +153,21 @@ def test_vector_inputs_through_the_cli_and_job_spec(ctrl, alexandria_image, tmp_
         assert src.crs.to_epsg() == 32610 and src.transform.a == 4.0
     check_pair(tmp_path / "cli", "00000000")
 
-    def out(name):  # one folder per failing command: a job that failed on its inputs keeps its folder's lock
+    def out(name):  # one folder per failing command
         return ["--out", str(tmp_path / "bad" / name)]
 
     assert main([*base, *vectors, "--masks", str(tmp_path), *out("both")]) == 2
     assert "--vectors: vectors and masks both define layout t1; give one of them" in caplog.text
     assert main([*base, "--vectors", f"houses:{buildings}", *out("kind")]) == 2
-    assert "vectors 'houses:" in caplog.text and "unknown layer kind 'houses'" in caplog.text
+    assert "--vectors: 'houses:" in caplog.text and "unknown layer kind 'houses'" in caplog.text
     png = tmp_path / "plain.png"
     with rasterio.open(png, "w", driver="PNG", width=16, height=16, count=3, dtype="uint8") as dst:
         dst.write(np.zeros((3, 16, 16), np.uint8))
     assert main([*base, "--mode", "hybrid", "--images", str(png), *vectors, *out("plain")]) == 2
+    assert "--images: " in caplog.text
     assert "not georeferenced; vectors are rasterised on the image's grid" in caplog.text
     assert main([*base, "--mode", "hybrid", "--images", str(alexandria_image), *vectors, *out("elsewhere")]) == 2
-    assert "vectors: no feature intersects images" in caplog.text  # Oakland layers on an Alexandria image
+    assert "--vectors: no feature intersects images" in caplog.text  # Oakland layers on an Alexandria image
     spec = {"task": "change_pairs", "model": str(model), "num_samples": 1, "steps": 1, "mode": "full",
             "vectors": [f"buildings:{buildings}", f"roads:{roads}"], "gsd": 4.0, "size": 64,
             "change_fraction": 0.05, "dataset_format": "second"}  # fmt: skip

@@ -253,7 +253,7 @@ def test_polygon_attribute_rules_in_a_job(ctrl_bundle, ctrl_pipe, tmp_path):
     assert abs(water - 35.2 * 44.4) < 0.1 * 35.2 * 44.4  # ~0.0004 deg lon x lat at 37.8 N, 1 m pixels
     no_rules = build_spec(GenerateSpec, {"model": str(ctrl_bundle), "vectors": [f"polygons:{path}"], "gsd": 1.0})
     with pytest.raises(
-        ValueError, match=r"vectors '[^']*lake\.geojson': polygons need a class \(polygons=water:PATH\)"
+        ValueError, match=r"vectors: 'polygons:[^']*lake\.geojson': polygons need a class \(polygons=water:PATH\)"
     ):
         run_job(no_rules, tmp_path / "p", pipe=ctrl_pipe)
     assert not (tmp_path / "p").exists()  # the layers are read before the folder is claimed
@@ -269,21 +269,11 @@ def _cli(args, caplog, capsys):
     return code, caplog.text + capsys.readouterr().err
 
 
-# `--size 60`: the multiple-of-16 check now runs in GenerateTask.samples, after the runner has claimed --out
-# (gen/runner.py: acquire_lock before load_model/samples), and its message does not name --size or its value:
-# "the layout/control is 60x60 pixels; it must be a multiple of 16 (crop it, or give size for vector layouts)".
-SIZE_60_IS_CHECKED_LATE = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library: --size is checked after --out is claimed, by a message that does not name --size",
-)
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--size", "0"], "--size: expected an integer >= 8, got 0"),
-        pytest.param(["--size", "60"], "--size 60: must be a multiple of 16", marks=SIZE_60_IS_CHECKED_LATE),
+        (["--size", "60"], "--size: 60: must be a multiple of 16 for this model"),
         (["--control-scale", "canny=abc"], "argument --control-scale: 'canny=abc': bad value 'abc', e.g. canny=0.5"),
         (
             ["--control-scale", "canny=0.5"],
@@ -440,8 +430,7 @@ def test_layout_strength_in_jobs_is_applied_and_recorded(prior_bundle, ctrl_bund
     assert not np.array_equal(images["card"], images["off"])
     args = ["generate", "--model", str(ctrl_bundle), "--masks", str(mask), "--palette", "loveda",
             "--layout-strength", "0.6", "--out", str(tmp_path / "z")]  # fmt: skip
-    # The model check names the YAML key even on the command line (see the report: it was --layout-strength).
-    assert main(args) == 2 and "layout_strength 0.6: this model's card has no class_colors" in caplog.text
+    assert main(args) == 2 and "--layout-strength: 0.6: this model's card has no class_colors" in caplog.text
 
 
 def test_scene_with_layout_prior_that_fits_one_tile_equals_a_single_call(prior_pipe):

@@ -42,6 +42,7 @@ from gen.tasks.common import (
     guidance_option,
     layout_strength_option,
     metadata_option,
+    read_layers,
     record,
     steps_option,
 )
@@ -171,8 +172,7 @@ class ChangePairsTask(TaskBase):
     def __init__(self, spec: ChangePairsSpec) -> None:
         super().__init__(spec, ChangePairFolder(spec.dataset_format), 1)
         self.change = change_config(spec)
-        polygon_classes = layers.parse_polygon_classes(spec.polygon_class)
-        self.rules = layers.load_layer_rules(spec.vectors, polygon_classes) if spec.vectors else []
+        self.rules = read_layers(spec)
         self.sources = self._sources()
         self._full_grid: LayoutLabels | None = None
 
@@ -180,10 +180,9 @@ class ChangePairsTask(TaskBase):
         from pipelines.controlled import RSControlledPipeline
 
         self.attach(RSControlledPipeline, pipe)
-        if self.spec.layout_strength is not None:
-            self.pipe.set_layout_strength(self.spec.layout_strength, "layout_strength")
+        self.layout_strength({"mask": None})  # checked against the model card now, before any work
         if "mask" not in self.pipe.control_names:
-            raise ValueError(f"model {self.spec.model}: change pairs need a bundle with a 'mask' control")
+            raise FieldError("model", f"{self.spec.model}: change pairs need a bundle with a 'mask' control")
 
     def _sources(self) -> list[Path | None]:
         """What sample i is made from (``sources[i % n]``): mask files; with vectors, the t1 images
@@ -197,7 +196,7 @@ class ChangePairsTask(TaskBase):
             return [folder]
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
         if not files:
-            raise ValueError(f"{key} {str(folder)!r}: no .png/.tif files found")
+            raise FieldError(key, f"{str(folder)!r}: no .png/.tif files found")
         return files
 
     def describe(self, index: int) -> dict[str, Any]:
@@ -226,6 +225,7 @@ class ChangePairsTask(TaskBase):
         height, width = sem_a.shape
         text = TextConditions(spec.prompt, t1.metadata)
         provenance = record(spec, self.pipe, index, text, mode=spec.mode, **t1.provenance, gsd=t1.gsd)
+        provenance["sampling"]["layout_strength"] = self.layout_strength({"mask": None})
         rec = {
             "events": [e.to_dict() for e in result.events],
             "captions": change_captions(result.events, width, height, rng),
@@ -239,7 +239,8 @@ class ChangePairsTask(TaskBase):
     def _synthesise_pair(self, t1: LayoutT1, result: ChangeResult, seed: int) -> tuple[np.ndarray, np.ndarray]:
         spec, pipe = self.spec, self.pipe
         common = {"prompt": spec.prompt, "num_inference_steps": spec.steps, "guidance_scale": spec.guidance,
-                  "metadata": t1.metadata if pipe.has_metadata else None, "output_type": "pt"}  # fmt: skip
+                  "metadata": t1.metadata if pipe.has_metadata else None, "output_type": "pt",
+                  "layout_strength": self.layout_strength({"mask": None})}  # fmt: skip
         if spec.mode == "full":  # same seed for both dates
             return synthesise(pipe, t1.semantic, seed, common), synthesise(pipe, result.semantic, seed, common)
         image_a = t1.image
@@ -282,10 +283,11 @@ class ChangePairsTask(TaskBase):
             try:
                 labels = layers.rasterize_on(self.rules, grid)
             except VectorError:
-                raise VectorError(
-                    f"vectors: no feature intersects images {str(source)!r} (grid {grid.crs.to_string()}, bounds "
+                raise FieldError(
+                    "vectors",
+                    f"no feature intersects images {str(source)!r} (grid {grid.crs.to_string()}, bounds "
                     f"{tuple(round(b, 1) for b in grid.bounds)}); pass images of the layers' area or layers of the "
-                    "image's"
+                    "image's",
                 ) from None
             provenance.update(image=rgb.source, image_sha256=rgb.sha256)
         grid = labels.grid
@@ -302,9 +304,10 @@ class ChangePairsTask(TaskBase):
 def _read_image(path: Path, shape: tuple[int, int] | None) -> RGBImage:
     rgb = read_uint8_rgb(path, argument="images")
     if shape is not None and rgb.pixels.shape[:2] != shape:
-        raise ValueError(
-            f"images {str(path)!r}: size {rgb.pixels.shape[0]}x{rgb.pixels.shape[1]} does not match its mask "
-            f"{shape[0]}x{shape[1]}; pass the mask made for this image"
+        raise FieldError(
+            "images",
+            f"{str(path)!r}: size {rgb.pixels.shape[0]}x{rgb.pixels.shape[1]} does not match its mask "
+            f"{shape[0]}x{shape[1]}; pass the mask made for this image",
         )
     return rgb
 
@@ -312,20 +315,23 @@ def _read_image(path: Path, shape: tuple[int, int] | None) -> RGBImage:
 def image_grid(path: Path, rgb: RGBImage, shape: tuple[int, int]) -> TargetGrid:
     """The north-up, metric pixel grid of a t1 image, for rasterising vector layers on it."""
     if rgb.crs is None:
-        raise ValueError(
-            f"images {str(path)!r}: not georeferenced; vectors are rasterised on the image's grid, so the "
-            "image must be a GeoTIFF with a CRS (or pass masks with a mask of the image)"
+        raise FieldError(
+            "images",
+            f"{str(path)!r}: not georeferenced; vectors are rasterised on the image's grid, so the "
+            "image must be a GeoTIFF with a CRS (or pass masks with a mask of the image)",
         )
     t = rgb.transform
     if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0 or abs(abs(t.a) - abs(t.e)) > 1e-9 * abs(t.a):
-        raise ValueError(
-            f"images {str(path)!r}: transform {tuple(t)[:6]} is not north-up with square pixels; warp it first "
-            "(gdalwarp -t_srs EPSG:326zz -tr GSD GSD)"
+        raise FieldError(
+            "images",
+            f"{str(path)!r}: transform {tuple(t)[:6]} is not north-up with square pixels; warp it first "
+            "(gdalwarp -t_srs EPSG:326zz -tr GSD GSD)",
         )
     if not rgb.crs.is_projected:
-        raise ValueError(
-            f"images {str(path)!r}: CRS {rgb.crs.to_string()} is not in metres; road widths and set-backs need "
-            "a projected CRS: reproject it (gdalwarp -t_srs EPSG:326zz, the UTM zone)"
+        raise FieldError(
+            "images",
+            f"{str(path)!r}: CRS {rgb.crs.to_string()} is not in metres; road widths and set-backs need "
+            "a projected CRS: reproject it (gdalwarp -t_srs EPSG:326zz, the UTM zone)",
         )
     return TargetGrid(rgb.crs, t, shape[1], shape[0])
 

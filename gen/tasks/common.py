@@ -221,6 +221,23 @@ class GenerationOptions(SamplingOptions, MetadataOptions, PromptOptions, JobOpti
         check_metadata_fields(self)
 
 
+def read_layers(spec: Any) -> list[Any]:
+    """The vector layers of ``spec.vectors`` (with its ``polygon_class`` rules), read once; errors name ``vectors``."""
+    from conditions import vector_layouts
+    from conditions.vectors import VectorError
+
+    if not spec.vectors:
+        return []
+    try:
+        polygon_classes = vector_layouts.parse_polygon_classes(spec.polygon_class)
+    except VectorError as err:
+        raise FieldError("polygon_class", str(err).removeprefix("polygon_class ")) from None
+    try:
+        return vector_layouts.load_layer_rules(spec.vectors, polygon_classes)
+    except VectorError as err:
+        raise FieldError("vectors", str(err).removeprefix("vectors ")) from None
+
+
 class TaskBase:
     """What every task object holds: its spec, output layout, chunk size and (once loaded) its pipeline."""
 
@@ -231,9 +248,17 @@ class TaskBase:
         self.pipe: Any = None
 
     def attach(self, pipeline_class: Any, pipe: Any = None) -> Any:
-        """Use ``pipe`` (already loaded) or load ``spec.model`` with ``pipeline_class``."""
+        """Use ``pipe`` (already loaded; never modified) or load ``spec.model`` with ``pipeline_class``."""
         self.pipe = pipe if pipe is not None else load_pipeline(pipeline_class, self.spec)
         return self.pipe
+
+    def layout_strength(self, controls: Mapping[str, Any]) -> float:
+        """The layout strength a call with ``controls`` runs with: the spec's, else the model card's (1 without a
+        mask control); passed to every call, so a shared pipeline is never changed."""
+        try:
+            return self.pipe.check_layout_strength(self.spec.layout_strength, controls, self.spec.steps)
+        except ValueError as err:
+            raise FieldError("layout_strength", f"{self.spec.layout_strength}: {str(err).split(': ', 1)[-1]}") from None
 
 
 # ---------------------------------------------------------------------- per-sample draws

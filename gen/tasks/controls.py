@@ -53,6 +53,7 @@ def scene_sample(
     controls: dict[str, torch.Tensor],
     tile: int,
     overlap: int,
+    layout_strength: float,
 ) -> tuple[StreamedImage, dict[str, Any]]:
     """Denoise sample ``index`` as a tiled scene now; its image is decoded tile by tile when written."""
     from pipelines.controlled.scene import check_scene, decode_scene, scene_latents
@@ -66,7 +67,7 @@ def scene_sample(
     latents = scene_latents(
         pipe, prompt, controls_u8, tile=tile, overlap=overlap, control_scales=spec.control_scale,
         control_guidance=spec.control_guidance, negative_prompt=spec.negative_prompt, metadata=metadata,
-        num_inference_steps=spec.steps, guidance_scale=spec.guidance,
+        num_inference_steps=spec.steps, guidance_scale=spec.guidance, layout_strength=layout_strength,
         generator=sample_generators(spec.seed, [index])[0],
     )  # fmt: skip
 

@@ -41,6 +41,7 @@ from gen.tasks.common import (
     TextConditions,
     draw_text_conditions,
     layout_strength_option,
+    read_layers,
     record,
 )
 from gen.tasks.controls import PreparedControls, load_controls, scene_sample
@@ -118,6 +119,8 @@ class GenerateSpec(GenerationOptions):
             raise FieldError("polygon_class", "only used with vectors")
         if self.size is not None and not self.vectors:
             raise FieldError("size", "only sizes the grid of vectors; masks and controls have their own size")
+        if self.layout_strength is not None and self.layout_strength < 1 and not (self.masks or self.vectors):
+            raise FieldError("layout_strength", "< 1 paints the layout of masks or vectors; this job has none: use 1")
         if self.location == "layers" and not self.vectors:
             raise FieldError("location", "'layers' draws inside the vector layers: give vectors")
         names = {c.partition(":")[0] for c in self.control} | ({"mask"} if self.masks or self.vectors else set())
@@ -145,8 +148,7 @@ class LayoutConditions:
 class GenerateTask(TaskBase):
     def __init__(self, spec: GenerateSpec) -> None:
         super().__init__(spec, ImageFolder(), spec.batch_size)
-        polygon_classes = layers.parse_polygon_classes(spec.polygon_class)
-        self.rules = layers.load_layer_rules(spec.vectors, polygon_classes) if spec.vectors else []
+        self.rules = read_layers(spec)
         self.mask_files = _mask_files(Path(spec.masks)) if spec.masks else []
         self.controls: PreparedControls | None = None
 
@@ -155,7 +157,10 @@ class GenerateTask(TaskBase):
 
         self.attach(RSControlledPipeline, pipe)
         if self.spec.layout_strength is not None:
-            self.pipe.set_layout_strength(self.spec.layout_strength, "layout_strength")
+            self.layout_strength({"mask": None})  # checked against the model card now, before any work
+        multiple = self.pipe.size_multiple
+        if self.spec.size is not None and self.spec.size % multiple:
+            raise FieldError("size", f"{self.spec.size}: must be a multiple of {multiple} for this model")
 
     def _text(self, index: int) -> TextConditions:
         box = {"box": list(layers.layers_bounds_lonlat(self.rules))} if self.spec.location == "layers" else None
@@ -194,7 +199,7 @@ class GenerateTask(TaskBase):
         conditions = [self.conditions(i) for i in indices]
         shapes = {c.labels.semantic.shape for c in conditions if c.labels is not None}
         if len(shapes) > 1:
-            raise ValueError(f"masks: the masks of one batch differ in size {sorted(shapes)}; use equal-size masks "
+            raise FieldError("masks", f"the masks of one batch differ in size {sorted(shapes)}; use equal-size masks "
                              "or batch_size 1")  # fmt: skip
         if self.controls is None:
             self.controls = load_controls(self.spec.control, next(iter(shapes), None), vectors=bool(self.rules))
@@ -224,7 +229,7 @@ class GenerateTask(TaskBase):
         rec = record(spec, pipe, index, c.text, conditions=c.sources + self.controls.sources,
                      control_scales=dict(spec.control_scale),
                      control_guidance={k: list(v) for k, v in spec.control_guidance.items()})  # fmt: skip
-        rec["sampling"]["layout_strength"] = pipe.check_layout_strength(None, controls, spec.steps)
+        rec["sampling"]["layout_strength"] = self.layout_strength(controls)
         return rec
 
     def _georef(self, c: LayoutConditions, height: int, width: int) -> GeoReference | None:
@@ -244,6 +249,7 @@ class GenerateTask(TaskBase):
             control_scales=spec.control_scale, control_guidance=spec.control_guidance,
             metadata=[c.text.metadata for c in conditions] if pipe.has_metadata else None,
             num_inference_steps=spec.steps, guidance_scale=spec.guidance,
+            layout_strength=self.layout_strength(controls),
             generator=sample_generators(spec.seed, indices), output_type="np",
         )  # fmt: skip
         samples = []
@@ -257,7 +263,8 @@ class GenerateTask(TaskBase):
         controls, semantic = prepared
         overlap = self.spec.overlap if self.spec.overlap is not None else min(64, tile // 4 // 8 * 8)
         metadata = c.text.metadata if self.pipe.has_metadata else None
-        image, scene = scene_sample(self.pipe, self.spec, index, c.text.prompt, metadata, controls, tile, overlap)
+        image, scene = scene_sample(self.pipe, self.spec, index, c.text.prompt, metadata, controls, tile, overlap,
+                                    self.layout_strength(controls))  # fmt: skip
         rec = self._record(index, c, controls)
         rec["scene"] = scene
         georef = self._georef(c, *semantic.shape)

@@ -45,10 +45,10 @@ class InpaintTask(common.TaskBase):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             region = src.read(1) > 0  # (H, W)
         if region.shape != self.input.pixels.shape[:2]:
-            raise ValueError(f"region {spec.region!r}: size {region.shape} does not match the image "
+            raise FieldError("region", f"{spec.region!r}: size {region.shape} does not match the image "
                              f"{self.input.pixels.shape[:2]}")  # fmt: skip
         if not region.any():
-            raise ValueError(f"region {spec.region!r}: no pixel is marked for regeneration (all zero)")
+            raise FieldError("region", f"{spec.region!r}: no pixel is marked for regeneration (all zero)")
         self.region = region
         self.controls = load_controls(spec.control, region.shape, vectors=False)
         self.georef = GeoReference(self.input.crs, self.input.transform) if self.input.crs is not None else None
@@ -85,6 +85,8 @@ class InpaintTask(common.TaskBase):
             pixels[keep] = image[keep]  # bit-identical outside the blended region, by construction
             rec = common.record(spec, pipe, index, text, conditions=sources, feather_px=spec.feather,
                          changed_pixels=int((~keep).sum()))  # fmt: skip
-            rec["sampling"]["layout_strength"] = pipe.check_layout_strength(None, self.controls.tensors, spec.steps)
+            rec["sampling"]["layout_strength"] = pipe.check_layout_strength(
+                None, self.controls.tensors, spec.steps
+            )  # 1
             samples.append(ImageSample(pixels, rec, self.georef))
         return samples
