@@ -29,6 +29,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 
+from conditions.raster_input import read_whole
 from core.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def read_rgb(
                     f"bands={list(bands)!r} for {str(path)!r}: got {len(chosen)} band(s); "
                     "pass one (grey) or three (R,G,B) indices"
                 )
-        data = src.read(chosen)  # (b, H, W)
+        data = read_whole(src, "path", chosen, error=ControlImageError)  # (b, H, W)
         nodata = src.nodata
         crs = src.crs
         transform = src.transform if crs is not None else None
@@ -219,7 +220,7 @@ def _read_elevation(path: str | os.PathLike, argument: str) -> tuple[np.ndarray,
             raise ControlImageError(
                 f"{argument}={str(path)!r}: {src.count} bands; an elevation model has one band of heights in metres"
             )
-        data = src.read(1)
+        data = read_whole(src, argument, 1, error=ControlImageError)
         nodata, crs, transform = src.nodata, src.crs, src.transform
     if not np.issubdtype(data.dtype, np.number) or data.dtype == np.uint8:
         raise ControlImageError(

@@ -19,6 +19,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 
 from conditions.palettes import CANONICAL, IGNORE, Palette, PaletteError, check_ids, get_palette
+from conditions.raster_input import read_whole
 from core.hashing import sha256_file
 
 
@@ -64,7 +65,7 @@ def read_mask(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                data = src.read()  # (bands, H, W)
+                data = read_whole(src, "mask", error=MaskError)  # (bands, H, W)
                 crs, transform = src.crs, (src.transform if src.crs is not None else None)
     except RasterioIOError as err:
         raise MaskError(f"mask {str(path)!r}: not an image GDAL can read ({err})") from None

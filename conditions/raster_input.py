@@ -34,6 +34,50 @@ class RasterInputError(ValueError):
     """A raster input is unreadable, has the wrong bands, or does not fit the other inputs."""
 
 
+MAX_PIXELS_ENV = "RSGEN_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 25_000_000
+
+
+def max_pixels() -> int:
+    """The largest raster (width × height) read whole: ``RSGEN_MAX_PIXELS`` (``rsgen --max-pixels``), or 25 Mpx."""
+    value = os.environ.get(MAX_PIXELS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+
+
+def read_whole(
+    src: rasterio.io.DatasetReader,
+    argument: str,
+    bands: int | list[int] | None = None,
+    error: type[ValueError] = RasterInputError,
+) -> np.ndarray:
+    """Read ``bands`` of an open raster whole, after checking what it declares: its size against
+    :func:`max_pixels` (a decompression bomb declares 10^10 pixels in a few bytes), a north-up transform
+    when it is georeferenced; a truncated or corrupt file is an ``error`` naming ``argument``, not a traceback."""
+    path = src.name
+    pixels = src.width * src.height
+    limit = max_pixels()
+    if pixels > limit:
+        raise error(
+            f"{argument} {path!r}: declares {src.width}x{src.height} pixels ({pixels / 1e6:.1f} Mpx), more than the "
+            f"{limit / 1e6:g} Mpx rsgen reads whole; crop or tile it (gdal_translate -srcwin), or raise the limit "
+            f"with rsgen --max-pixels {pixels}"
+        )
+    t = src.transform
+    if src.crs is not None and (t.b != 0 or t.d != 0):
+        raise error(
+            f"{argument} {path!r}: its geotransform is rotated or sheared {tuple(round(v, 6) for v in tuple(t)[:6])}; "
+            "rsgen needs north-up rasters: warp it first (gdalwarp -t_srs EPSG:326zz in.tif out.tif)"
+        )
+    try:
+        return src.read(bands) if bands is not None else src.read()
+    except rasterio.errors.RasterioError as err:
+        reason = str(err).splitlines()[0][:200]
+        raise error(
+            f"{argument} {path!r}: could not be read ({reason}); the file is truncated or corrupt: download or "
+            "export it again"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Radiometry:
     """How raw values map to the model's [0, 1] range, and back.
@@ -209,6 +253,16 @@ class RasterSource:
             valid = self._warped_valid_mask(window)
         else:
             valid = self._aligned_valid_mask(window)
+        if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+            # NaN nodata reached valid pixels through the resampling kernel: take those from the source pixel
+            # under their centre, so NaN never spreads; what stays non-finite is nodata (invalid), read as 0.
+            if self._vrt is None:
+                nearest, _ = self._nearest_native(window)
+            else:
+                nearest = self.read_raw(window, Resampling.nearest)
+            raw = np.where(np.isfinite(raw), raw, nearest)
+            valid &= np.isfinite(raw).all(axis=0)
+            raw = np.where(np.isfinite(raw), raw, 0).astype(raw.dtype)
         return self.radiometry.to_unit(raw), valid
 
     def _warped_valid_mask(self, window: Window) -> np.ndarray:
@@ -228,25 +282,45 @@ class RasterSource:
         cols = np.arange(int(window.col_off), int(window.col_off) + int(window.width))
         return ((rows >= 0) & (rows < self.grid.height))[:, None] & ((cols >= 0) & (cols < self.grid.width))[None, :]
 
-    def _aligned_valid_mask(self, window: Window) -> np.ndarray:
-        """Nearest-neighbour validity: an output pixel is valid when the source pixel under its centre is
-        inside the raster and not nodata in every band (computed here, not by GDAL's resampler)."""
+    def _source_index(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Row and column of the source pixel under each output pixel's centre, and whether each is inside."""
         sy = self.dataset.height / self.grid.height
         sx = self.dataset.width / self.grid.width
         rows = np.floor((int(window.row_off) + np.arange(int(window.height)) + 0.5) * sy).astype(int)  # (h,)
         cols = np.floor((int(window.col_off) + np.arange(int(window.width)) + 0.5) * sx).astype(int)  # (w,)
-        inside = ((rows >= 0) & (rows < self.dataset.height))[:, None] & ((cols >= 0) & (cols < self.dataset.width))[
-            None, :
-        ]  # (h, w)
-        if self.nodata is None or not inside.any():
-            return inside
-        r0, r1 = rows[inside.any(axis=1)].min(), rows[inside.any(axis=1)].max() + 1
-        c0, c1 = cols[inside.any(axis=0)].min(), cols[inside.any(axis=0)].max() + 1
+        return rows, cols, (rows >= 0) & (rows < self.dataset.height), (cols >= 0) & (cols < self.dataset.width)
+
+    def _nearest_native(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(bands, h, w) native values of the source pixel under each output pixel's centre, and (h, w) whether
+        that pixel is inside the raster."""
+        rows, cols, row_in, col_in = self._source_index(window)
+        inside = row_in[:, None] & col_in[None, :]  # (h, w)
+        dtype = self.dataset.dtypes[self.bands[0] - 1]
+        values = np.zeros((len(self.bands), int(window.height), int(window.width)), dtype=dtype)
+        if not inside.any():
+            return values, inside
+        r0, r1 = rows[row_in].min(), rows[row_in].max() + 1
+        c0, c1 = cols[col_in].min(), cols[col_in].max() + 1
         block = self.dataset.read(self.bands, window=Window(c0, r0, c1 - c0, r1 - r0))  # (bands, rh, rw) native
-        nodata = (block == self.nodata).all(axis=0)  # (rh, rw)
         rr = np.clip(rows - r0, 0, r1 - r0 - 1)
         cc = np.clip(cols - c0, 0, c1 - c0 - 1)
-        return inside & ~nodata[rr][:, cc]
+        return block[:, rr][:, :, cc], inside
+
+    def _aligned_valid_mask(self, window: Window) -> np.ndarray:
+        """Nearest-neighbour validity: an output pixel is valid when the source pixel under its centre is
+        inside the raster and not nodata in every band (computed here, not by GDAL's resampler); NaN and
+        infinities of float rasters are never values."""
+        floating = np.issubdtype(np.dtype(self.dataset.dtypes[self.bands[0] - 1]), np.floating)
+        if self.nodata is None and not floating:
+            _, _, row_in, col_in = self._source_index(window)
+            return row_in[:, None] & col_in[None, :]  # (h, w)
+        values, inside = self._nearest_native(window)  # (bands, h, w), (h, w)
+        nodata = np.zeros(inside.shape, dtype=bool)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            nodata |= (values == self.nodata).all(axis=0)
+        if floating:
+            nodata |= ~np.isfinite(values).all(axis=0)
+        return inside & ~nodata
 
     def close(self) -> None:
         if self._vrt is not None:
@@ -305,6 +379,11 @@ def read_uint8_rgb(path: str | os.PathLike, *, argument: str = "image") -> RGBIm
             raise RasterInputError(
                 f"{argument} {str(path)!r}: expected an 8-bit RGB image, got {src.count} band(s) {src.dtypes[0]}"
             )
-        pixels = np.moveaxis(src.read([1, 2, 3]), 0, -1)  # (H, W, 3)
+        pixels = np.moveaxis(read_whole(src, argument, [1, 2, 3]), 0, -1)  # (H, W, 3)
+        if src.nodata is not None and (pixels == src.nodata).all():
+            raise RasterInputError(
+                f"{argument} {str(path)!r}: every pixel is nodata ({src.nodata}); there is no image to work on: pass "
+                "the right file or window"
+            )
         crs, transform = (src.crs, src.transform) if src.crs is not None else (None, None)
     return RGBImage(pixels, crs, transform, str(path), sha256_file(path))

@@ -61,14 +61,21 @@ def parse_polygon_classes(rules: tuple[str, ...] | list[str], argument: str = "p
     return out
 
 
-def _layer_rule(spec: str, polygon_classes: dict[str, str], argument: str) -> LayerRule:
+def _layer_rule(spec: str, polygon_classes: dict[str, str], argument: str, crs: str | None) -> LayerRule:
     kind, cls, path = parse_layer_spec(spec, argument)
     if kind == "polygons" and not cls and not polygon_classes:
         raise VectorError(
             f"{argument} {spec!r}: polygons need a class (polygons=water:PATH) or attribute rules "
             "(polygon_class natural=water:water)"
         )
-    layer = read_vector(path)
+    layer = read_vector(path, declared_crs=crs)
+    if all(g.geom_type in ("Point", "MultiPoint") for g in layer.geometries):
+        raise VectorError(
+            f"{argument} {spec!r}: holds only Point features; rsgen draws polygons (buildings, classes) and lines "
+            "(roads): pass footprints or road lines"
+        )
+    keys = {"roads": ["highway"], "polygons": [k.split("=", 1)[0] for k in polygon_classes]}.get(kind, [])
+    _warn_non_strings(layer, keys, f"{argument} {spec!r}")
     if not kind:
         lines = sum(g.geom_type in ("LineString", "MultiLineString") for g in layer.geometries)
         kind = "roads" if lines > len(layer) / 2 else "buildings"
@@ -80,10 +87,26 @@ def _layer_rule(spec: str, polygon_classes: dict[str, str], argument: str) -> La
 
 
 def load_layer_rules(
-    specs: tuple[str, ...] | list[str], polygon_classes: dict[str, str] | None = None, argument: str = "vectors"
+    specs: tuple[str, ...] | list[str],
+    polygon_classes: dict[str, str] | None = None,
+    argument: str = "vectors",
+    crs: str | None = None,
 ) -> list[LayerRule]:
-    """Read the layers of ``specs`` once (every sample reuses them); errors name ``argument``."""
-    return [_layer_rule(spec, polygon_classes or {}, argument) for spec in specs]
+    """Read the layers of ``specs`` once (every sample reuses them); ``crs`` is that of layers declaring none.
+    Errors name ``argument``."""
+    return [_layer_rule(spec, polygon_classes or {}, argument, crs) for spec in specs]
+
+
+def _warn_non_strings(layer: Any, keys: list[str], where: str) -> None:
+    """Class attributes (``highway``, polygon rules' keys) that are not strings: lists, objects and booleans
+    match no rule, numbers match by their text; say how many features have them instead of going on silently."""
+    for key in keys:
+        odd = [p[key] for p in layer.properties if p.get(key) is not None and not isinstance(p[key], str)]
+        if not odd:
+            continue
+        how = "get the default road width" if key == "highway" else "match no rule (numbers: by their text)"
+        logger.warning("%s: %d feature(s) have a non-string %r (e.g. %s); they %s", where, len(odd), key,
+                       repr(odd[0])[:60], how)  # fmt: skip
 
 
 def layer_sources(rules: list[LayerRule]) -> list[dict[str, Any]]:

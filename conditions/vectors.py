@@ -83,8 +83,98 @@ def _fix_nesting(geometry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return geometry, False
 
 
-def read_vector(path: str | os.PathLike, *, layer: str | None = None) -> VectorLayer:
-    """Read a vector file into shapely geometries with their properties and CRS."""
+def _fix_ring(ring: Any) -> tuple[list | None, bool]:
+    """RFC 7946 §3.1.6: a ring is closed and has >= 4 positions. An open ring is closed (repaired); a ring that
+    still has fewer than 4 positions is None (the polygon or hole it bounds is dropped)."""
+    if not isinstance(ring, list) or not ring:
+        return None, True
+    fixed = False
+    if ring[0] != ring[-1]:
+        ring, fixed = [*ring, ring[0]], True
+    return (ring, fixed) if len(ring) >= 4 else (None, True)
+
+
+def _fix_polygon(rings: Any) -> tuple[list | None, bool]:
+    """A polygon's rings fixed one by one; a polygon whose exterior is unusable is None."""
+    if not isinstance(rings, list) or not rings:
+        return None, True
+    exterior, fixed = _fix_ring(rings[0])
+    if exterior is None:
+        return None, True
+    holes = []
+    for ring in rings[1:]:
+        hole, hole_fixed = _fix_ring(ring)
+        fixed |= hole_fixed
+        if hole is not None:
+            holes.append(hole)
+    return [exterior, *holes], fixed
+
+
+def _fix_rings(geometry: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """Close open rings, drop rings with < 4 positions and empty parts of a MultiPolygon (its other parts are
+    kept); returns the geometry (None when nothing is left) and whether anything changed."""
+    kind, coords = geometry.get("type"), geometry.get("coordinates")
+    if kind == "Polygon":
+        polygon, fixed = _fix_polygon(coords)
+        return ({**geometry, "coordinates": polygon} if polygon else None), fixed
+    if kind == "MultiPolygon" and isinstance(coords, list):
+        parts, fixed = [], False
+        for part in coords:
+            polygon, part_fixed = _fix_polygon(part)
+            fixed |= part_fixed
+            if polygon is not None:
+                parts.append(polygon)
+        return ({**geometry, "coordinates": parts} if parts else None), fixed
+    return geometry, False
+
+
+MAX_NESTING = 64  # GeoJSON coordinates nest at most 4 deep (MultiPolygon); collections a few more
+
+
+def _too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether lists/dicts nest deeper than ``limit`` (checked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, list | dict))
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, list | dict))
+    return False
+
+
+def _geometry(geometry: Any, path: Path, index: int) -> tuple[BaseGeometry | None, bool]:
+    """A shapely geometry of one feature, repaired where GeoJSON allows it (None: unusable, logged)."""
+    fixed = False
+    if isinstance(geometry, dict):
+        if _too_deep(geometry):
+            logger.warning("%s: feature %d nests its coordinates deeper than GeoJSON allows; dropped", path, index)
+            return None, False
+        geometry, fixed = _fix_nesting(geometry)
+        geometry, rings_fixed = _fix_rings(geometry)
+        fixed |= rings_fixed
+        if geometry is None:
+            logger.warning("%s: feature %d has no ring of >= 4 positions; dropped", path, index)
+            return None, False
+    try:
+        geom = shape(geometry) if isinstance(geometry, dict) else geometry
+        coords = shapely.get_coordinates(geom)
+        if not np.isfinite(coords).all():
+            logger.warning("%s: feature %d has NaN or infinite coordinates; dropped", path, index)
+            return None, False
+        if not geom.is_valid:
+            geom, fixed = shapely.make_valid(geom), True
+    except (ValueError, TypeError, AttributeError, IndexError, shapely.errors.ShapelyError) as err:
+        logger.warning("%s: feature %d has an unreadable geometry (%s); dropped", path, index, str(err)[:200])
+        return None, False
+    return (None if geom.is_empty else geom), fixed
+
+
+def read_vector(path: str | os.PathLike, *, layer: str | None = None, declared_crs: str | None = None) -> VectorLayer:
+    """Read a vector file into shapely geometries with their properties and CRS (``declared_crs`` overrides the
+    file's). Broken geometries are repaired or dropped, counted and logged; never silently."""
     path = Path(path)
     if not path.is_file():
         raise VectorError(f"vector {str(path)!r}: no such file")
@@ -97,25 +187,17 @@ def read_vector(path: str | os.PathLike, *, layer: str | None = None) -> VectorL
             raise VectorError(
                 f"vector {str(path)!r}: broken GeoJSON at line {err.lineno}, column {err.colno}: {err.msg}"
             ) from None
+        except (RecursionError, UnicodeDecodeError, ValueError) as err:
+            raise VectorError(f"vector {str(path)!r}: not GeoJSON that can be read ({str(err)[:120]})") from None
         records, crs = _geojson_records(data, path)
     else:
         records, crs = _ogr_records(path, layer)
+    if declared_crs is not None:
+        crs = CRS.from_user_input(declared_crs)
     geoms, props, ids, repaired, dropped = [], [], [], 0, 0
     for index, (geometry, properties) in enumerate(records):
-        if geometry is None:
-            dropped += 1
-            continue
-        geometry, fixed = _fix_nesting(geometry) if isinstance(geometry, dict) else (geometry, False)
-        try:
-            geom = shape(geometry) if isinstance(geometry, dict) else geometry
-        except (ValueError, TypeError, AttributeError, IndexError) as err:
-            logger.warning("%s: feature %d has an unreadable geometry (%s); dropped", path, index, err)
-            dropped += 1
-            continue
-        if not geom.is_valid:
-            geom = shapely.make_valid(geom)
-            fixed = True
-        if geom.is_empty:
+        geom, fixed = (None, False) if geometry is None else _geometry(geometry, path, index)
+        if geom is None:
             dropped += 1
             continue
         repaired += int(fixed)
@@ -126,7 +208,21 @@ def read_vector(path: str | os.PathLike, *, layer: str | None = None) -> VectorL
         logger.warning("%s: repaired %d and dropped %d of %d features", path, repaired, dropped, len(records))
     if not geoms:
         raise VectorError(f"vector {str(path)!r}: no usable geometries ({dropped} dropped)")
+    if crs.is_geographic:
+        _check_lonlat(geoms, path, declared_crs is not None)
     return VectorLayer(geoms, props, crs, str(path), digest, repaired, dropped, ids)
+
+
+def _check_lonlat(geoms: list[BaseGeometry], path: Path, declared: bool) -> None:
+    """Coordinates outside ±180/±90 in a longitude/latitude CRS are projected coordinates with no CRS."""
+    left, bottom, right, top = shapely.total_bounds(geoms)
+    if left < -180 or right > 180 or bottom < -90 or top > 90:
+        where = "a longitude/latitude CRS" if declared else "no CRS, so they are read as longitude/latitude (EPSG:4326)"
+        raise VectorError(
+            f"vector {str(path)!r}: coordinates span x {left:.6g}..{right:.6g}, y {bottom:.6g}..{top:.6g}, which is "
+            f"not longitude/latitude, but the file declares {where}; they look projected (metres): declare the CRS "
+            "(a GeoJSON 'crs' member, a Shapefile .prj) or pass it with --vectors-crs, e.g. --vectors-crs EPSG:32632"
+        )
 
 
 def _geojson_records(data: Any, path: Path) -> tuple[list[tuple[Any, Any]], CRS]:
@@ -239,7 +335,10 @@ def attribute_classifier(rules: Mapping[str, str]) -> Callable[[Mapping[str, Any
 
     def classify(props: Mapping[str, Any]) -> str | None:
         for key, value, cls in parsed:
-            if key in props and props[key] is not None and (value is None or str(props[key]) == value):
+            found = props.get(key)
+            if found is None or isinstance(found, list | dict | bool):  # lists/objects name no class (warned)
+                continue
+            if value is None or str(found) == value:  # numbers match by their text, e.g. class=3
                 return cls
         return None
 
@@ -267,7 +366,9 @@ def rasterize_layout(rules: Sequence[LayerRule], grid: TargetGrid, *, min_pixels
         pairs = []
         for index, (geom, props) in enumerate(zip(layer.geometries, layer.properties)):
             if rule.kind == "roads":
-                width = rule.road_widths.get(str(props.get("highway")), DEFAULT_ROAD_WIDTH_M)
+                highway = props.get("highway")
+                width = rule.road_widths.get(highway, DEFAULT_ROAD_WIDTH_M) if isinstance(highway, str) else (
+                    DEFAULT_ROAD_WIDTH_M)  # fmt: skip
                 geom, cls = geom.buffer(width / 2, cap_style="flat"), "road"
             elif rule.kind == "buildings":
                 cls = "building"

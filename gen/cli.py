@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -119,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rsgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--max-pixels", type=int, metavar="N",
+        help="largest raster (width x height) read whole, e.g. a mask or an image to inpaint (default 25000000; "
+        "also RSGEN_MAX_PIXELS)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
         _add_command(sub, name, command)
@@ -258,14 +264,28 @@ def _cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def spec_out(spec_file: Path, out: object) -> Path:
+    """A spec's own ``out``: a folder inside the spec's folder (relative to it); ``--out`` may point anywhere."""
+    if out is None:
+        raise ValueError("no output folder: pass --out DIR or set 'out' in the spec")
+    if not isinstance(out, str) or not out:
+        raise ValueError(f"out: expected a folder name, got {str(out)[:80]!r}")
+    base = spec_file.resolve().parent
+    resolved = (base / out).resolve()
+    if not resolved.is_relative_to(base):
+        raise ValueError(
+            f"out {out!r}: leaves the folder of the spec ({base}); a spec writes only below its own folder, so "
+            "give an out inside it or pass --out DIR on the command line"
+        )
+    return resolved
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from core.config_file import apply_overrides, load_yaml_mapping
     from gen.tasks import spec_from_mapping
 
     data = apply_overrides(load_yaml_mapping(args.spec, "job spec"), args.set)
-    out = args.out or data.get("out")
-    if not out:
-        raise ValueError("no output folder: pass --out DIR or set 'out' in the spec")
+    out = args.out or spec_out(args.spec, data.get("out"))
     spec = spec_from_mapping(data)
     if args.dry_run:
         from gen.runner import plan_job
@@ -413,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.max_pixels is not None:  # the readers (and every process of a multi-process run) read it from here
+        os.environ["RSGEN_MAX_PIXELS"] = str(args.max_pixels)
     if args.command == "model" and args.model_command is None:
         parser.parse_args(["model", "--help"])
     if not args.verbose:  # rsgen shows its own progress bar; hide the libraries' loading bars

@@ -42,9 +42,11 @@ from gen.tasks.common import (
     guidance_option,
     layout_strength_option,
     metadata_option,
+    pad_to_multiple,
     read_layers,
     record,
     steps_option,
+    vectors_crs_option,
 )
 from synth_datasets.change_writer import DATASET_FORMATS
 from synth_datasets.geotiff import GeoReference
@@ -70,6 +72,7 @@ class ChangePairsSpec(JobOptions):
     )  # fmt: skip
     polygon_class: tuple[str, ...] = option([], "vectors: attribute rule for polygons, KEY[=VALUE]:CLASS",
                                             checks.string_list(), repeat="list")  # fmt: skip
+    vectors_crs: str | None = vectors_crs_option()
     size: int | None = option(None, "full mode with vectors: grid size in pixels (default: the model's native size)",
                               checks.optional(checks.integer(8)), cli=int)  # fmt: skip
     palette: str = option(
@@ -139,8 +142,9 @@ class ChangePairsSpec(JobOptions):
             raise FieldError("lat", "lat/lon centre the vector grid in mode full; other layouts carry their place")
         if self.gsd is not None and self.vectors and self.mode == "hybrid":
             raise FieldError("gsd", "hybrid vectors are rasterised on each image's grid, at its pixel size")
-        if self.polygon_class and not self.vectors:
-            raise FieldError("polygon_class", "only used with vectors")
+        for key in ("polygon_class", "vectors_crs"):
+            if getattr(self, key) and not self.vectors:
+                raise FieldError(key, "only used with vectors")
         try:
             change_config(self)
         except ValueError as err:
@@ -262,6 +266,7 @@ class ChangePairsTask(TaskBase):
             if spec.mode == "hybrid":
                 rgb = _read_image(Path(spec.images) / source.name, semantic.shape)
                 image = rgb.pixels
+                _check_aligned(source, georef, rgb)
                 georef = GeoReference(rgb.crs, rgb.transform) if rgb.crs is not None else georef
                 provenance.update(image=rgb.source, image_sha256=rgb.sha256)
             gsd = spec.gsd or DEFAULT_GSD
@@ -312,6 +317,23 @@ def _read_image(path: Path, shape: tuple[int, int] | None) -> RGBImage:
     return rgb
 
 
+def _check_aligned(mask_path: Path, mask: GeoReference | None, rgb: RGBImage) -> None:
+    """A georeferenced mask and image pair pixel by pixel only when they share the CRS and the transform."""
+    if mask is None or rgb.crs is None:
+        return
+    same_crs = mask.crs == rgb.crs
+    if same_crs and mask.transform.almost_equals(rgb.transform, precision=1e-9 * max(1.0, abs(rgb.transform.a))):
+        return
+    what = f"CRS {mask.crs.to_string()} vs {rgb.crs.to_string()}" if not same_crs else (
+        f"transform {tuple(mask.transform)[:6]} vs {tuple(rgb.transform)[:6]}")  # fmt: skip
+    raise FieldError(
+        "masks",
+        f"{str(mask_path)!r} and images {rgb.source!r} are both georeferenced but not on one pixel grid "
+        f"({what}); warp the mask onto the image's grid first (gdalwarp -t_srs <image CRS> -te <image bounds> -ts "
+        "<width> <height> -r near mask.tif aligned.tif)",
+    )
+
+
 def image_grid(path: Path, rgb: RGBImage, shape: tuple[int, int]) -> TargetGrid:
     """The north-up, metric pixel grid of a t1 image, for rasterising vector layers on it."""
     if rgb.crs is None:
@@ -336,14 +358,6 @@ def image_grid(path: Path, rgb: RGBImage, shape: tuple[int, int]) -> TargetGrid:
     return TargetGrid(rgb.crs, t, shape[1], shape[0])
 
 
-def _pad(array: np.ndarray, multiple: int, **kwargs: Any) -> np.ndarray:
-    """Pad the first two axes at the bottom/right up to a multiple of ``multiple`` (np.pad ``kwargs``)."""
-    pad_h, pad_w = -array.shape[0] % multiple, -array.shape[1] % multiple
-    if not (pad_h or pad_w):
-        return array
-    return np.pad(array, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (array.ndim - 2), **kwargs)
-
-
 def synthesise(
     pipe: Any, semantic: np.ndarray, seed: int, common: dict[str, Any],
     image: np.ndarray | None = None, region: np.ndarray | None = None,
@@ -354,13 +368,13 @@ def synthesise(
     m = pipe.size_multiple
     kwargs: dict[str, Any] = {}
     if image is not None:
-        t1 = _pad(image, m, mode="edge")
+        t1 = pad_to_multiple(image, m, mode="edge")
         kwargs["image"] = torch.from_numpy(t1).permute(2, 0, 1)[None] / 255.0  # (1, 3, H', W')
-        kwargs["mask_image"] = torch.from_numpy(_pad(region, m)).float()[None, None]  # (1, 1, H', W')
+        kwargs["mask_image"] = torch.from_numpy(pad_to_multiple(region, m)).float()[None, None]  # (1, 1, H', W')
         kwargs["feather_px"] = 0
-        control = _pad(semantic, m, mode="edge")
+        control = pad_to_multiple(semantic, m, mode="edge")
     else:
-        control = _pad(semantic, m, constant_values=IGNORE)
+        control = pad_to_multiple(semantic, m, constant_values=IGNORE)
     mask = encode_color(SemanticMask(control, CANONICAL))[None]  # (1, 3, H', W')
     out = pipe(controls={"mask": mask}, generator=[torch.Generator().manual_seed(seed)], **kwargs, **common)
     generated = (out.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

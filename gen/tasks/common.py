@@ -221,6 +221,23 @@ class GenerationOptions(SamplingOptions, MetadataOptions, PromptOptions, JobOpti
         check_metadata_fields(self)
 
 
+def _crs(value: Any) -> str:
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    value = string(value)
+    try:
+        CRS.from_user_input(value)
+    except CRSError:
+        raise ValueError(f"{value[:80]!r} is not a CRS pyproj knows; give e.g. EPSG:32632") from None
+    return value
+
+
+def vectors_crs_option() -> Any:
+    return option(None, "CRS of vector layers that declare none (a GeoJSON without 'crs', a Shapefile without .prj)"
+                  ", e.g. EPSG:32632", optional(_crs))  # fmt: skip
+
+
 def read_layers(spec: Any) -> list[Any]:
     """The vector layers of ``spec.vectors`` (with its ``polygon_class`` rules), read once; errors name ``vectors``."""
     from conditions import vector_layouts
@@ -233,7 +250,7 @@ def read_layers(spec: Any) -> list[Any]:
     except VectorError as err:
         raise FieldError("polygon_class", str(err).removeprefix("polygon_class ")) from None
     try:
-        return vector_layouts.load_layer_rules(spec.vectors, polygon_classes)
+        return vector_layouts.load_layer_rules(spec.vectors, polygon_classes, crs=spec.vectors_crs)
     except VectorError as err:
         raise FieldError("vectors", str(err).removeprefix("vectors ")) from None
 
@@ -315,6 +332,15 @@ def fixed_metadata(spec: Any, **defaults: Any) -> Metadata:
     values = {name: getattr(spec, name, None) for name in ("gsd", "lat", "lon", "date", "cloud", "sensor")}
     values = {k: v for k, v in values.items() if v is not None}
     return Metadata(**{**defaults, **values})
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int, **kwargs: Any) -> np.ndarray:
+    """Pad the first two axes at the bottom/right up to a multiple of ``multiple`` (``np.pad`` ``kwargs``);
+    the caller crops the result back, so any image size keeps its stated output size."""
+    pad_h, pad_w = -array.shape[0] % multiple, -array.shape[1] % multiple
+    if not (pad_h or pad_w):
+        return array
+    return np.pad(array, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (array.ndim - 2), **kwargs)
 
 
 # ---------------------------------------------------------------------- models and records

@@ -43,6 +43,7 @@ from gen.tasks.common import (
     layout_strength_option,
     read_layers,
     record,
+    vectors_crs_option,
 )
 from gen.tasks.controls import PreparedControls, load_controls, scene_sample
 from synth_datasets.geotiff import GeoReference, georeference_from_point
@@ -82,6 +83,7 @@ class GenerateSpec(GenerationOptions):
         [], "attribute rule for polygons, repeatable: KEY[=VALUE]:CLASS, e.g. natural=water:water",
         string_list(), repeat="list",
     )  # fmt: skip
+    vectors_crs: str | None = vectors_crs_option()
     control: tuple[str, ...] = option([], "image control, repeatable: canny:PATH, depth:DSM[,DTM], image:PATH",
                                       string_list(), repeat="list")  # fmt: skip
     control_scale: dict[str, float] = option(
@@ -115,8 +117,9 @@ class GenerateSpec(GenerationOptions):
             raise FieldError("palette", "only used with masks")
         if self.vectors and self.gsd is None:
             raise FieldError("gsd", "vector layouts are rasterised at the ground sample distance: give gsd")
-        if self.polygon_class and not self.vectors:
-            raise FieldError("polygon_class", "only used with vectors")
+        for key in ("polygon_class", "vectors_crs"):
+            if getattr(self, key) and not self.vectors:
+                raise FieldError(key, "only used with vectors")
         if self.size is not None and not self.vectors:
             raise FieldError("size", "only sizes the grid of vectors; masks and controls have their own size")
         if self.layout_strength is not None and self.layout_strength < 1 and not (self.masks or self.vectors):
@@ -244,13 +247,20 @@ class GenerateTask(TaskBase):
     def _batch(self, indices: list[int], conditions: list[LayoutConditions], prepared: list) -> list[ImageSample]:
         spec, pipe = self.spec, self.pipe
         controls = {k: torch.cat([p[0][k] for p in prepared]) for k in prepared[0][0]}  # name -> (B, 3, H, W)
+        inpainting = {}
+        if pipe.is_inpainting_model:  # an inpainting UNet generates a layout as an image that is all masked
+            batch, _, height, width = next(iter(controls.values())).shape
+            inpainting = {
+                "image": torch.zeros(batch, 3, height, width),
+                "mask_image": torch.ones(batch, 1, height, width),
+            }
         result = pipe(
             prompt=[c.text.prompt for c in conditions], negative_prompt=spec.negative_prompt, controls=controls,
             control_scales=spec.control_scale, control_guidance=spec.control_guidance,
             metadata=[c.text.metadata for c in conditions] if pipe.has_metadata else None,
             num_inference_steps=spec.steps, guidance_scale=spec.guidance,
             layout_strength=self.layout_strength(controls),
-            generator=sample_generators(spec.seed, indices), output_type="np",
+            generator=sample_generators(spec.seed, indices), output_type="np", **inpainting,
         )  # fmt: skip
         samples = []
         for index, image, c, (ctrl, semantic) in zip(indices, result.images, conditions, prepared):

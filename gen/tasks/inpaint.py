@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from rasterio.errors import NotGeoreferencedWarning
 
-from conditions.raster_input import open_raster, read_uint8_rgb
+from conditions.raster_input import open_raster, read_uint8_rgb, read_whole
 from core.hashing import sha256_file
 from core.seeding import sample_generators
 from gen.spec import MISSING, FieldError, integer, option, path, string_list
@@ -37,13 +37,21 @@ class InpaintSpec(common.GenerationOptions):
             raise FieldError("location", "'layers' draws inside vector layers; inpaint has none: give a box")
 
 
+def _pad_tensor(control: torch.Tensor, multiple: int) -> torch.Tensor:
+    """A (1, C, H, W) control padded at the bottom/right with its edge pixels to a multiple of ``multiple``."""
+    pad_h, pad_w = -control.shape[-2] % multiple, -control.shape[-1] % multiple
+    if not (pad_h or pad_w):
+        return control
+    return torch.nn.functional.pad(control, (0, pad_w, 0, pad_h), mode="replicate")
+
+
 class InpaintTask(common.TaskBase):
     def __init__(self, spec: InpaintSpec) -> None:
         super().__init__(spec, ImageFolder(), spec.batch_size)
         self.input = read_uint8_rgb(spec.image, argument="image")
         with warnings.catch_warnings(), open_raster(spec.region, argument="region") as src:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            region = src.read(1) > 0  # (H, W)
+            region = read_whole(src, "region", 1) > 0  # (H, W)
         if region.shape != self.input.pixels.shape[:2]:
             raise FieldError("region", f"{spec.region!r}: size {region.shape} does not match the image "
                              f"{self.input.pixels.shape[:2]}")  # fmt: skip
@@ -66,9 +74,12 @@ class InpaintTask(common.TaskBase):
         spec, pipe, n = self.spec, self.pipe, len(indices)
         texts = [common.draw_text_conditions(spec, i)[0] for i in indices]
         image = self.input.pixels
-        image_t = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
-        region_t = torch.from_numpy(self.region)[None, None].float()  # (1, 1, H, W)
-        controls = {k: v.expand(n, -1, -1, -1) for k, v in self.controls.tensors.items()}
+        height, width = image.shape[:2]
+        m = pipe.size_multiple  # any size: padded (edge pixels, kept region) and cropped back
+        padded = common.pad_to_multiple(image, m, mode="edge")
+        image_t = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H', W')
+        region_t = torch.from_numpy(common.pad_to_multiple(self.region, m))[None, None].float()  # (1, 1, H', W')
+        controls = {k: _pad_tensor(v, m).expand(n, -1, -1, -1) for k, v in self.controls.tensors.items()}
         result = pipe(
             prompt=[t.prompt for t in texts], negative_prompt=spec.negative_prompt, controls=controls,
             image=image_t.expand(n, -1, -1, -1), mask_image=region_t.expand(n, -1, -1, -1), feather_px=spec.feather,
@@ -80,8 +91,9 @@ class InpaintTask(common.TaskBase):
                    *self.controls.sources]  # fmt: skip
         samples = []
         for k, (index, text) in enumerate(zip(indices, texts)):
-            pixels = (result.images[k].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)  # (H, W, 3)
-            keep = (result.blend_weights[k, 0] == 0).numpy()
+            pixels = (result.images[k].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)  # (H', W', 3)
+            pixels = pixels[:height, :width]  # (H, W, 3)
+            keep = (result.blend_weights[k, 0] == 0).numpy()[:height, :width]
             pixels[keep] = image[keep]  # bit-identical outside the blended region, by construction
             rec = common.record(spec, pipe, index, text, conditions=sources, feather_px=spec.feather,
                          changed_pixels=int((~keep).sum()))  # fmt: skip

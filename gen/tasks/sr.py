@@ -11,6 +11,7 @@ is seeded by ``sample_seed(sample_seed(seed, i), k)``.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ from gen.tasks.common import JobOptions, TaskBase, guidance_option, steps_option
 from synth_datasets.geotiff import GeoReference
 from synth_datasets.output_layouts import ImageFolder
 from synth_datasets.samples import ImageSample, RowSink, StreamedImage
+
+logger = logging.getLogger(__name__)
 
 
 def _files(value: Any) -> tuple[str, ...]:
@@ -165,6 +168,8 @@ class SRTask(TaskBase):
             radiometry = Radiometry.infer(lr_ds.dtypes[bands[0] - 1], spec.radiometry)
             descriptions = [lr_ds.descriptions[b - 1] for b in bands]
             nodata = lr_ds.nodata
+            if lr_ds.crs is None:
+                logger.warning("%s has no CRS: the output will have no CRS either", lr_path)
         rows, cols = (len(_starts(n, self.tile, spec.overlap)) for n in (grid.height, grid.width))
         record = self._record(index, lr_path, grid, bands=bands, radiometry=radiometry.kind, tile=self.tile,
                               overlap=spec.overlap, tiles=rows * cols)  # fmt: skip
