@@ -43,6 +43,7 @@ from shapely.geometry.base import BaseGeometry
 
 from conditions.building_placement import ROAD, Orientations, Roads, align_footprint, footprint, keeps_setback
 from conditions.palettes import CANONICAL, IGNORE
+from core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ DEFAULT_TRANSITIONS = {"agriculture": "building", "low_vegetation": "bare", "tre
                        "bare": "road"}  # fmt: skip
 
 
-class ChangeError(ValueError):
+class ChangeError(InputError):
     """Invalid change parameters or a layout the events cannot act on."""
 
 

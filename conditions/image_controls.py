@@ -30,6 +30,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 
 from conditions.raster_input import read_whole
+from core.errors import InputError
 from core.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ AUX_DETECTORS = {
 AUX_INSTALL_HINT = "pip install controlnet-aux torch==2.14.1 torchvision==0.29.1"
 
 
-class ControlImageError(ValueError):
+class ControlImageError(InputError):
     """A control input is unreadable, of the wrong size or grid, or a parameter is out of range."""
 
 

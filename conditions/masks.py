@@ -20,10 +20,11 @@ from rasterio.transform import Affine
 
 from conditions.palettes import CANONICAL, IGNORE, Palette, PaletteError, check_ids, get_palette
 from conditions.raster_input import read_whole
+from core.errors import InputError
 from core.hashing import sha256_file
 
 
-class MaskError(ValueError):
+class MaskError(InputError):
     """A mask file is unreadable, of the wrong type or size, or holds unknown classes."""
 
 

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from core.errors import InputError
+
 # Numeric fields the record exposes to encoders, in canonical order; date is split in three.
 NUMERIC_FIELDS: tuple[str, ...] = ("gsd", "lat", "lon", "year", "month", "day", "cloud")
 
@@ -31,7 +33,7 @@ MAX_DATE = _dt.date(2100, 12, 31)
 MAX_GSD_M = 100_000.0
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """A metadata value is missing, malformed or out of range."""
 
 

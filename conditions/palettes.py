@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.errors import InputError
+
 IGNORE = 255  # canonical id of ignored / no-data pixels
 
 
-class PaletteError(ValueError):
+class PaletteError(InputError):
     """Unknown palette, unknown class ids or colours, or a class a scheme cannot express."""
 
 

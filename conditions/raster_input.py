@@ -25,12 +25,14 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from core.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 RADIOMETRY_KINDS = ("auto", "uint8", "reflectance", "float")
 
 
-class RasterInputError(ValueError):
+class RasterInputError(InputError):
     """A raster input is unreadable, has the wrong bands, or does not fit the other inputs."""
 
 

@@ -31,6 +31,7 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from conditions.palettes import CANONICAL
+from core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ ROAD_WIDTHS_M: dict[str, float] = {
 DEFAULT_ROAD_WIDTH_M = 5.0
 
 
-class VectorError(ValueError):
+class VectorError(InputError):
     """A vector file is unreadable or malformed, or a layer does not fit the target grid."""
 
 

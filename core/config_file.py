@@ -8,8 +8,10 @@ from typing import Any
 
 import yaml
 
+from core.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config key is missing, unknown or has an invalid value; the message names the key path."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from core.config_file import ConfigError
+from core.errors import InputError
 
 MISSING = dataclasses.MISSING
 
@@ -32,7 +33,7 @@ class SpecError(ConfigError):
     """A job spec key (or CLI flag) is missing, unknown, unused by the task or has an invalid value."""
 
 
-class FieldError(ValueError):
+class FieldError(InputError):
     """A check failed for field ``name`` (``str()``: "name: message"); :func:`build_spec` and the CLI name the
     field as the user wrote it (YAML key or CLI flag)."""
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from safetensors import safe_open
 
 from core.atomic import atomic_write_text
+from core.errors import InputError
 from core.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ DEFAULT_BUNDLES = {
 }
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A model bundle is missing, malformed, unsafe or inconsistent."""
 
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InputError
 from core.hashing import sha256_file
 from synth_datasets.change_writer import PAIR_FOLDERS, read_change_pair
 from synth_datasets.geotiff import read_raster
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Not an rsgen dataset, or a file is missing or does not match its recorded sha256."""
 
 

@@ -35,6 +35,7 @@ from rasterio.warp import transform as warp_transform
 from conditions.masks import IGNORE
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, get_palette
+from core.errors import InputError
 from core.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ SOURCE_KINDS = ("images", "masks", "change_pairs", "geotiff")
 DATE_IN_NAME = re.compile(r"(?<!\d)(19\d{2}|20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
 
 
-class TrainDataError(ValueError):
+class TrainDataError(InputError):
     """A training data source is missing, empty or inconsistent; the message names the source."""
 
 

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.atomic import atomic_dir, atomic_write_text
+from core.errors import InputError
 from core.progress import progress
 from gen.train.config import TrainConfig
 
@@ -54,7 +55,7 @@ class TrainTask(Protocol):
     def export(self, objective: nn.Module, out_dir: Path, summary: dict[str, Any]) -> None: ...
 
 
-class TrainError(ValueError):
+class TrainError(InputError):
     """A training run cannot start or resume (config clash, bad checkpoint)."""
 
 
