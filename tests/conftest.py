@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import rasterio
 import torch
+from rasterio.transform import Affine
+from rasterio.windows import Window
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RSGEN_NO_PROGRESS", "1")
@@ -61,3 +64,21 @@ def ctrl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RSControlledPi
     pipe = RSControlledPipeline.from_bundle(path)
     pipe.set_progress_bar_config(disable=True)
     return path, pipe
+
+
+def crop(src_path: Path, out: Path, window: Window, *, transform_shift: float = 0.0, **update) -> Path:
+    """Write a crop of a real raster, keeping its CRS, window transform, nodata and descriptions."""
+    with rasterio.open(src_path) as src:
+        data = src.read(window=window)
+        profile = src.profile.copy()
+        transform = src.window_transform(window)
+        profile.update(width=data.shape[2], height=data.shape[1], transform=transform * Affine.translation(0, 0))
+        if transform_shift:
+            profile["transform"] = Affine.translation(transform_shift, 0) * transform
+        profile.update(blockxsize=None, blockysize=None, tiled=False)
+        profile = {k: v for k, v in profile.items() if v is not None}
+        profile.update(update)
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(data.astype(profile["dtype"]))
+            dst.descriptions = src.descriptions
+    return out

@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from conditions.masks import read_mask
 from conditions.raster_input import open_raster, read_uint8_rgb, read_whole
 from conditions.vectors import read_vector
-from tests.conftest import shared_file
+from tests.conftest import crop, shared_file
 
 VARIANTS_PER_FILE = 60  # 4 files: 240 variants
 
@@ -32,15 +32,8 @@ def _crops(tmp_path: Path) -> dict[str, Path]:
     image = tmp_path / "image.png"
     with rasterio.open(image, "w", driver="PNG", width=48, height=48, count=3, dtype="uint8") as dst:
         dst.write(rgb)
-    naip = shared_file("geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif")
-    with rasterio.open(naip) as src:
-        profile = {**src.profile, "width": 32, "height": 32, "transform": src.window_transform(Window(0, 0, 32, 32))}
-        for key in ("blockxsize", "blockysize", "tiled"):
-            profile.pop(key, None)
-        data = src.read(window=Window(0, 0, 32, 32))
-    geotiff = tmp_path / "naip.tif"
-    with rasterio.open(geotiff, "w", **profile) as dst:
-        dst.write(data)
+    geotiff = crop(shared_file("geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif"), tmp_path / "naip.tif",
+                   Window(0, 0, 32, 32))  # fmt: skip
     source = json.loads(shared_file("vector/osm_west_oakland/buildings.geojson").read_text())
     small = {**source, "features": source["features"][:12]}
     vector = tmp_path / "buildings.geojson"

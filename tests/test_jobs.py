@@ -212,7 +212,7 @@ def test_layout_and_sr_jobs_on_real_data(tmp_path):
     from rasterio.windows import Window
 
     from pipelines.tiny_bundle import TinyControlledBundleConfig, TinySRBundleConfig, build_tiny_bundle
-    from tests.test_sr import crop
+    from tests.conftest import crop
 
     ctrl = build_tiny_bundle(tmp_path / "ctrl", TinyControlledBundleConfig(image_size=64, controls=("mask",)))
     osm = "vector/osm_west_oakland"

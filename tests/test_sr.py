@@ -20,7 +20,7 @@ from pipelines import BundleError
 from pipelines.super_resolution import RSSuperResolutionPipeline
 from pipelines.tiling import StripBlender, ramp, tile_starts
 from pipelines.tiny_bundle import TinySRBundleConfig, build_tiny_bundle
-from tests.conftest import shared_file
+from tests.conftest import crop, shared_file
 
 NAIP_2020 = "geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif"
 NAIP_2014 = "geotiff/naip_timeseries_nd/m_4709963_se_14_1_20140720.tif"
@@ -41,24 +41,6 @@ def sr_pipe(sr_bundle) -> RSSuperResolutionPipeline:
     pipe = RSSuperResolutionPipeline.from_bundle(sr_bundle)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def crop(src_path: Path, out: Path, window: Window, *, transform_shift: float = 0.0, **update) -> Path:
-    """Write a crop of a real raster, keeping its CRS, window transform, nodata and descriptions."""
-    with rasterio.open(src_path) as src:
-        data = src.read(window=window)
-        profile = src.profile.copy()
-        transform = src.window_transform(window)
-        profile.update(width=data.shape[2], height=data.shape[1], transform=transform * Affine.translation(0, 0))
-        if transform_shift:
-            profile["transform"] = Affine.translation(transform_shift, 0) * transform
-        profile.update(blockxsize=None, blockysize=None, tiled=False)
-        profile = {k: v for k, v in profile.items() if v is not None}
-        profile.update(update)
-        with rasterio.open(out, "w", **profile) as dst:
-            dst.write(data.astype(profile["dtype"]))
-            dst.descriptions = src.descriptions
-    return out
 
 
 def job(sr_bundle, lr, **kwargs) -> SRSpec:

@@ -17,7 +17,7 @@ from core.seeding import sample_seed
 from gen.cli import COMMANDS, build_parser, main
 from gen.spec import MISSING, SpecError, build_spec, flag_name, mapping_from_args, spec_options
 from gen.tasks import TASKS, spec_class, spec_from_mapping
-from tests.conftest import shared_file
+from tests.conftest import crop, shared_file
 
 OSM = "vector/osm_west_oakland"
 
@@ -49,19 +49,14 @@ def inputs(tmp_path_factory, tiny_bundle, ctrl):
     with rasterio.open(root / "region.png", "w", driver="PNG", width=64, height=64, count=1, dtype="uint8") as dst:
         dst.write(region)
     with rasterio.open(shared_file("seg/loveda/masks/1.png")) as src:
-        crop = src.read(1, window=Window(0, 0, 64, 64))
+        ids = src.read(1, window=Window(0, 0, 64, 64))
     (root / "masks").mkdir()
     with rasterio.open(root / "masks" / "m.png", "w", driver="PNG", width=64, height=64, count=1,
                        dtype="uint8") as dst:  # fmt: skip
-        dst.write(crop[None])
-    naip = shared_file("geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif")
-    with rasterio.open(naip) as src:
-        profile = {**src.profile, "width": 16, "height": 16, "transform": src.window_transform(Window(0, 0, 16, 16))}
-        for key in ("blockxsize", "blockysize", "tiled"):
-            profile.pop(key, None)
-        data = src.read(window=Window(0, 0, 16, 16))
-    with rasterio.open(root / "lr.tif", "w", **profile) as dst:
-        dst.write(data)
+        dst.write(ids[None])
+    crop(
+        shared_file("geotiff/naip_timeseries_nd/m_4709963_se_14_1_20200831.tif"), root / "lr.tif", Window(0, 0, 16, 16)
+    )
     sr = build_tiny_bundle(root / "sr", TinySRBundleConfig(tile_size=64))
     layers = {name: str(shared_file(f"{OSM}/{name}.geojson")) for name in ("buildings", "roads")}
     return {"t2i": str(tiny_bundle), "ctrl": str(ctrl[0]), "sr": str(sr), "root": root, **layers}
