@@ -9,6 +9,9 @@ default) stayed in force after the first job: so the first CLI case ran on 2 thr
 and every later case on 1, as the ``threads`` options below say. (``rsgen sr`` alone changed: tile k of sample
 i is now seeded by ``sample_seed(sample_seed(seed, i), k)`` as ``rsgen run`` always did, so only the job path
 is pinned.)
+
+Object records are hashed with each layer's file name in place of its path, so the hashes hold in any
+checkout (the two affected values were re-recorded on 4870573 with that rule).
 """
 
 import hashlib
@@ -34,11 +37,11 @@ GOLDEN = {
     "cli_generate_vectors": {
         "0/image": "8d5b33be554b666b",
         "0/instances": "872b1fc587d81097",
-        "0/objects": "9bce0dbc49df4ad8",
+        "0/objects": "2c4869d0d79fc796",
         "0/semantic": "5773559642e15698",
         "1/image": "69d7922e5799a858",
         "1/instances": "872b1fc587d81097",
-        "1/objects": "9bce0dbc49df4ad8",
+        "1/objects": "2c4869d0d79fc796",
         "1/semantic": "5773559642e15698",
     },
     "cli_inpaint": {
@@ -209,7 +212,10 @@ def output_hashes(folder: Path) -> dict[str, str]:
             role = parent if parent in PAIR_FOLDERS else (rest.lstrip("_") or "image")
             out[f"{index}/{role}"] = _pixels_sha(path)
         elif rest == "_objects":
-            out[f"{index}/objects"] = _json_sha(json.loads(path.read_text()))
+            objects = json.loads(path.read_text())
+            for o in objects:  # the layer's file name, not its path: the hashes hold in any checkout
+                o["source"] = Path(o["source"]).name if o.get("source") else o.get("source")
+            out[f"{index}/objects"] = _json_sha(objects)
         elif parent == "changes":
             record = json.loads(path.read_text())
             keys = ("events", "captions", "qa", "distractors", "changed_fraction")

@@ -35,6 +35,7 @@ from rasterio.warp import transform as warp_transform
 from conditions.masks import IGNORE
 from conditions.metadata import Metadata
 from conditions.palettes import CANONICAL, get_palette
+from conditions.raster_input import max_pixels, read_whole
 from core.errors import InputError
 from core.progress import progress
 
@@ -102,9 +103,26 @@ class TrainingPool:
 
 
 # ------------------------------------------------------------------ reading
+def _read_image(path: Path, mode: str | None = None) -> np.ndarray:
+    """Pixels of a training image (converted to ``mode``); an oversized, truncated or unreadable file is a
+    :class:`TrainDataError` naming it (PIL refuses decompression bombs above its own pixel limit)."""
+    limit = max_pixels()
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > limit:
+                raise TrainDataError(
+                    f"{str(path)!r}: declares {image.width}x{image.height} pixels, more than the {limit} read whole; "
+                    "tile it, or raise the limit with rsgen --max-pixels N"
+                )
+            return np.asarray(image.convert(mode) if mode else image)
+    except (OSError, Image.DecompressionBombError, SyntaxError) as err:
+        raise TrainDataError(
+            f"{str(path)!r}: not an image that can be read ({str(err)[:200]}); export it again"
+        ) from None
+
+
 def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    return _read_image(path, "RGB")  # (H, W, 3) uint8
 
 
 def _sidecar(path: Path) -> tuple[str | None, Metadata | None]:
@@ -145,7 +163,7 @@ def _scenes_from_masks(source: DataSource) -> list[Scene]:
                 "every image needs its mask"
             )
         rgb = _read_rgb(path)
-        raw = np.asarray(Image.open(masks[path.stem]))
+        raw = _read_image(masks[path.stem])
         if raw.shape != rgb.shape[:2]:
             raise TrainDataError(
                 f"{source.name}: mask {masks[path.stem].name!r} is {raw.shape} but its image is {rgb.shape[:2]}; "
@@ -191,7 +209,7 @@ def _scenes_from_change_pairs(source: DataSource) -> list[Scene]:
             mask = None
             label = source.path / "label" / a.name
             if label_id is not None and date_dir == "B" and label.is_file():
-                changed = np.asarray(Image.open(label).convert("L")) > 127  # (H, W)
+                changed = _read_image(label, "L") > 127  # (H, W)
                 mask = np.where(changed, label_id, IGNORE).astype(np.uint8)
             meta = _metadata(source, source.gsd)
             scenes.append(
@@ -213,7 +231,7 @@ def _scenes_from_geotiff(source: DataSource) -> list[Scene]:
                     f"{source.name}.bands={source.bands}: {path.name} has only {src.count} bands; "
                     f"pick bands in 1..{src.count}"
                 )
-            data = src.read(source.bands)  # (3, H, W)
+            data = read_whole(src, f"{source.name}.files", list(source.bands), error=TrainDataError)  # (3, H, W)
             valid = np.ones(data.shape[1:], bool) if src.nodata is None else (data != src.nodata).any(axis=0)
             gsd, extra = source.gsd, {}
             if src.crs is not None:
