@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import InputError
 from gen import __version__
-from gen.spec import FieldError, add_spec_arguments, build_spec, mapping_from_args
+from gen.spec import FieldError, add_spec_arguments, build_spec, flag_name, mapping_from_args, spec_options
 
 logger = logging.getLogger("rsgen")
 
@@ -240,12 +242,20 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
 
 
 @contextlib.contextmanager
-def named_as(source: str) -> Iterator[None]:
-    """An input error found while running (a :class:`FieldError`) names the flag (``--size: 60: ...``) or key."""
+def named_as(source: str, cls: type | None = None) -> Iterator[None]:
+    """An input error found while running names the flag (``--size: 60: ...``) or the key. A reader's error
+    (from ``conditions/``) starts with the key it was given (``image '/x.jpg': ...``, ``bands='1,2': ...``):
+    on the command line that key is shown as ``cls``'s flag."""
     try:
         yield
     except FieldError as err:
         raise err.named(source) from None
+    except InputError as err:
+        match = re.match(r"([a-z_]+)(?=[ =])", str(err))
+        fields = {f.name for f, _ in spec_options(cls)} if cls is not None else set()
+        if source != "cli" or not match or match.group(1) not in fields:
+            raise
+        raise type(err)(flag_name(match.group(1)) + str(err)[match.end() :]) from None
 
 
 def _cmd_task(args: argparse.Namespace) -> int:
@@ -254,7 +264,7 @@ def _cmd_task(args: argparse.Namespace) -> int:
 
     cls = spec_class(args.task)
     spec = build_spec(cls, mapping_from_args(cls, args), source="cli")
-    with named_as("cli"):
+    with named_as("cli", cls):
         if args.dry_run:
             sys.stdout.write(json.dumps(plan_job(spec, args.out), indent=2, default=str) + "\n")
             return 0

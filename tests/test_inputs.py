@@ -85,7 +85,7 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path, caplog, ctrl_model):
     region = _write(tmp_path / "r.png", np.ones((1, 64, 64), np.uint8))
     code, log = _cli(["inpaint", "--model", ctrl_model, "--image", str(cut), "--region", str(region),
                       "--out", str(tmp_path / "o")], caplog)  # fmt: skip
-    assert code == 2 and "image '" in log and "cut.jpg': could not be read" in log
+    assert code == 2 and "rsgen:" in log and " --image '" in log and "cut.jpg': could not be read" in log
     assert "the file is truncated or corrupt: download or export it again" in log
 
 
