@@ -159,12 +159,13 @@ def run_job(spec: Any, out: str | os.PathLike, *, pipe: Any = None) -> JobSummar
 
 def _run_shards(spec: Any, task: Any, out: Path, rank: int, world: int, pipe: Any) -> int:
     """Generate and write this process's missing samples, shard by shard; returns how many it wrote."""
-    task.load_model(pipe)
     mine = [k for k in range(spec.num_shards) if k % world == rank]
     todo = [k for k in mine if not (out / "shards" / f"{k:05d}.jsonl").exists()]
     done = task.layout.done_file
     missing_total = sum(not done(out, sample_stem(i)).exists() for k in todo for i in spec.shard_indices(k))
     logger.info("rank %d/%d: %d shard(s) to do, %d sample(s) missing", rank, world, len(todo), missing_total)
+    if missing_total:  # a finished job resumes without loading its model
+        task.load_model(pipe)
     written = 0
     bar = progress(total=missing_total, desc=spec.task, unit="sample")
     with ThreadPoolExecutor(max_workers=1) as writer, bar:
