@@ -65,5 +65,6 @@ def base_record(task: str, pipe: Any, model_source: str) -> dict[str, Any]:
             "transformers": transformers.__version__,
         },
         "device": str(pipe.device),
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
