@@ -59,7 +59,7 @@ class DatasetSample:
 
     def pair(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(t1, t2, change mask) of a change pair."""
-        pair = read_change_pair(self.root / Path(self.files["changes"]).parent.parent, self.id)
+        pair = read_change_pair(self.root, self.id)
         return pair["A"], pair["B"], pair["change"]
 
     @property

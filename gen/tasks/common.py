@@ -13,7 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from conditions import vector_layouts
 from conditions.metadata import Metadata, MetadataError, parse_date
+from conditions.vectors import VectorError
 from core.device import DEVICE_HELP, check_device, resolve_device
 from core.seeding import sample_seed
 from gen.provenance import sample_record
@@ -246,9 +248,6 @@ def vectors_crs_option() -> Any:
 
 def read_layers(spec: Any) -> list[Any]:
     """The vector layers of ``spec.vectors`` (with its ``polygon_class`` rules), read once; errors name ``vectors``."""
-    from conditions import vector_layouts
-    from conditions.vectors import VectorError
-
     if not spec.vectors:
         return []
     try:
@@ -315,13 +314,14 @@ def draw_text_conditions(
     spec: Any, index: int, location: Mapping[str, Any] | None = None
 ) -> tuple[TextConditions, np.random.Generator]:
     """Prompt and metadata of sample ``index``, drawn from its own generator seeded by ``sample_seed(seed, i)``
-    (returned for further draws). ``location`` replaces a missing ``location`` field (e.g. the layers' box)."""
+    (returned for further draws). ``location`` stands for a ``location`` field that is missing or ``layers``
+    (e.g. the layers' box)."""
     rng = np.random.default_rng(sample_seed(spec.seed, index))
     prompt = spec.prompt[int(rng.integers(len(spec.prompt)))]
     values: dict[str, Any] = {}
     for name in DRAW_ORDER:
         value = getattr(spec, name, None)
-        if name == "location" and value is None:
+        if name == "location" and value in (None, "layers"):
             value = location
         if value is not None:
             values[name] = draw(value, rng)

@@ -152,6 +152,9 @@ class GenerateTask(TaskBase):
     def __init__(self, spec: GenerateSpec) -> None:
         super().__init__(spec, ImageFolder(), spec.batch_size)
         self.rules = read_layers(spec)
+        # Read once, not per sample: the box drawn from for `location: layers`, and the layers' centre.
+        self.box = {"box": list(layers.layers_bounds_lonlat(self.rules))} if spec.location == "layers" else None
+        self.centre = layers.layers_centre(self.rules) if self.rules and spec.location is None else None
         self.mask_files = _mask_files(Path(spec.masks)) if spec.masks else []
         self.controls: PreparedControls | None = None
 
@@ -166,9 +169,7 @@ class GenerateTask(TaskBase):
             raise FieldError("size", f"{self.spec.size}: must be a multiple of {multiple} for this model")
 
     def _text(self, index: int) -> TextConditions:
-        box = {"box": list(layers.layers_bounds_lonlat(self.rules))} if self.spec.location == "layers" else None
-        spec = self.spec if box is None else _without_location(self.spec)
-        return draw_text_conditions(spec, index, location=box)[0]
+        return draw_text_conditions(self.spec, index, location=self.box)[0]
 
     def describe(self, index: int) -> dict[str, Any]:
         text = self._text(index)
@@ -188,7 +189,7 @@ class GenerateTask(TaskBase):
         if self.rules:
             md = text.metadata
             drawn = spec.location is not None
-            lat, lon = (md.lat, md.lon) if md.lat is not None else layers.layers_centre(self.rules)
+            lat, lon = (md.lat, md.lon) if md.lat is not None else self.centre
             size = spec.size or self.pipe.model_card.native_size[0]
             labels = layers.rasterize_on(self.rules, layers.utm_grid_at(lat, lon, md.gsd, size), allow_empty=drawn)
             if md.lat is None:  # the layout places the image: tell the model where
@@ -279,12 +280,6 @@ class GenerateTask(TaskBase):
         rec["scene"] = scene
         georef = self._georef(c, *semantic.shape)
         return ImageSample(image, rec, georef, self._labels(c, semantic), cog=self.spec.cog)
-
-
-def _without_location(spec: GenerateSpec) -> GenerateSpec:
-    from dataclasses import replace
-
-    return replace(spec, location=None)
 
 
 def _mask_files(folder: Path) -> list[Path]:

@@ -49,6 +49,7 @@ from gen.spec import (
     string_list,
 )
 from gen.tasks.common import JobOptions, TaskBase, guidance_option, steps_option
+from pipelines.tiling import StripBlender, ramp, tile_starts
 from synth_datasets.geotiff import GeoReference
 from synth_datasets.output_layouts import ImageFolder
 from synth_datasets.samples import ImageSample, RowSink, StreamedImage
@@ -170,7 +171,7 @@ class SRTask(TaskBase):
             nodata = lr_ds.nodata
             if lr_ds.crs is None:
                 logger.warning("%s has no CRS: the output will have no CRS either", lr_path)
-        rows, cols = (len(_starts(n, self.tile, spec.overlap)) for n in (grid.height, grid.width))
+        rows, cols = (len(tile_starts(n, self.tile, spec.overlap)) for n in (grid.height, grid.width))
         record = self._record(index, lr_path, grid, bands=bands, radiometry=radiometry.kind, tile=self.tile,
                               overlap=spec.overlap, tiles=rows * cols)  # fmt: skip
         return SRPlan(lr_path, grid, bands, radiometry, nodata, descriptions, self.tile, record)
@@ -227,8 +228,6 @@ class SRTask(TaskBase):
 
     def produce(self, index: int, plan: SRPlan, sink: RowSink) -> None:
         """Super-resolve sample ``index`` tile by tile; finished rows go to ``sink`` in the LR dtype."""
-        from pipelines.tiling import StripBlender, tile_starts
-
         lr, ref, strength_map, datasets = self._sources(plan)
         sources = [s for s in (lr, ref, strength_map) if s is not None]
         try:
@@ -263,8 +262,6 @@ class SRTask(TaskBase):
 
     def _tile(self, window: Window, seed: int, k: int, lr: RasterSource, ref: RasterSource | None,
               strength_map: RasterSource | None, blender: Any) -> None:  # fmt: skip
-        from pipelines.tiling import ramp
-
         spec, grid = self.spec, lr.grid
         lr_tile, lr_valid = lr.read_on_grid(window)  # (bands, th, tw), (th, tw)
         reference, strength = None, spec.ref_strength
@@ -293,9 +290,3 @@ class SRTask(TaskBase):
             ramp(h, spec.overlap, row > 0, row + h < grid.height), ramp(w, spec.overlap, col > 0, col + w < grid.width)
         )  # fmt: skip  (h, w)
         blender.add(result.numpy()[:, :h, :w], weight, lr_valid[:h, :w], row, col)
-
-
-def _starts(n: int, tile: int, overlap: int) -> list[int]:
-    from pipelines.tiling import tile_starts
-
-    return tile_starts(n, tile, overlap)
