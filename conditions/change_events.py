@@ -104,6 +104,7 @@ class ChangeEvent:
     centroid: tuple[float, float]  # pixel (x, y)
     instance_id: int | None = None
     aligned_with: str | None = None  # add_building: 'road', 'building' or None (nothing near)
+    date: int | None = None  # time series: index of the date at which it happened (between date - 1 and date)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"type": self.type, "from": self.class_from, "to": self.class_to,
@@ -111,7 +112,16 @@ class ChangeEvent:
                "centroid": list(self.centroid), "instance_id": self.instance_id}  # fmt: skip
         if self.type == "add_building":
             out["aligned_with"] = self.aligned_with
+        if self.date is not None:
+            out["date"] = self.date
         return out
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> ChangeEvent:
+        """The event of a record written by :meth:`to_dict` (a pair's or a sequence's JSON)."""
+        return cls(record["type"], record["from"], record["to"], shape(record["geometry"]), float(record["area_m2"]),
+                   (float(record["centroid"][0]), float(record["centroid"][1])), record.get("instance_id"),
+                   record.get("aligned_with"), record.get("date"))  # fmt: skip
 
 
 @dataclass
@@ -149,6 +159,12 @@ def _building_sizes(instances: np.ndarray, gsd: float) -> list[float]:
     return [math.sqrt(c) * gsd for c in counts]
 
 
+def building_instances(semantic: np.ndarray) -> np.ndarray:
+    """(H, W) int32 building instance ids of a layout without instances: its 4-connected building regions."""
+    count, labels = cv2.connectedComponents((semantic == BUILDING).astype(np.uint8), connectivity=4)
+    return labels.astype(np.int32)
+
+
 def simulate_change(
     semantic: np.ndarray,
     gsd: float,
@@ -169,11 +185,7 @@ def simulate_change(
         raise ChangeError("semantic: the layout is empty (every pixel is ignore); nothing can change")
     before = semantic.copy()
     sem = semantic.copy()
-    if instances is None:
-        count, labels = cv2.connectedComponents((sem == BUILDING).astype(np.uint8), connectivity=4)
-        inst = labels.astype(np.int32)
-    else:
-        inst = instances.astype(np.int32).copy()
+    inst = building_instances(sem) if instances is None else instances.astype(np.int32).copy()
     changed = np.zeros(sem.shape, dtype=bool)
     events: list[ChangeEvent] = []
     names = list(config.events)

@@ -1,7 +1,7 @@
 """The ``rsgen`` command line (also ``python -m gen``).
 
-The generation commands (``txt2img``, ``generate``, ``inpaint``, ``change-pairs``, ``sr``) have one flag
-per field of their task's spec (``gen/tasks/``): each builds that spec and runs it with the same runner
+The generation commands (``txt2img``, ``generate``, ``inpaint``, ``change-pairs``, ``time-series``, ``sr``)
+have one flag per field of their task's spec (``gen/tasks/``): each builds that spec and runs it with the same runner
 as ``rsgen run``, so a command and the equivalent YAML spec write the same files.
 """
 
@@ -85,6 +85,20 @@ COMMANDS = {
             "rsgen change-pairs --vectors buildings:buildings.geojson --vectors roads:roads.geojson --gsd 0.5 "
             "--size 512 --dataset-format second --out pairs/",
             "rsgen change-pairs --mode hybrid --images t1.tif --vectors buildings:buildings.geojson --out pairs/",
+        ),
+    ),
+    "time-series": Command(
+        "time_series",
+        "time series of T dates with exact labels for every date pair: chained change events",
+        "Simulate change events date after date (date t+1 from date t) on one layout and synthesise every date. "
+        "full: each date generated from its layout with one seed; hybrid: the real image is date 0 and each later "
+        "date inpaints only what changed since the previous one. Writes a folder per sequence: dates/, semantic/, "
+        "labels/ (every consecutive pair and (0, t)), events.json with the date index of every event; --stack "
+        "adds one multi-date GeoTIFF.",
+        (
+            "rsgen time-series --mode hybrid --images A/ --masks label/ --palette levir --num-dates 5 "
+            "--date 2016-06-01 --interval-days 365 --distractors illumination,seasonal --out series/",
+            "rsgen time-series --masks layouts/ --palette loveda --num-dates 4 --stack -n 20 --out series/",
         ),
     ),
     "sr": Command(
@@ -176,15 +190,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
+    from synth_datasets.caption_exports import SPLIT_CHOICES
+    from synth_datasets.exporters import EXPORT_FORMATS
+
     exp = sub.add_parser(
         "export",
-        help="export an rsgen dataset to HF datasets parquet, WebDataset, COCO JSON or a STAC catalog",
-        description="Read a dataset written by rsgen (a job folder or a folder of samples) and export it.",
+        help="export an rsgen dataset: HF parquet, WebDataset, COCO, STAC, or LEVIR-CC/LEVIR-MCI/SECOND-CC/"
+        "ChangeChat/RSVQA for change data",
+        description="Read a dataset written by rsgen (a job folder or a folder of samples) and export it. The "
+        "change formats (levir-cc, levir-mci, second-cc, changechat, rsvqa) take change pairs or time series "
+        "(their consecutive date pairs).",
     )
     exp.add_argument("dataset", type=Path, help="rsgen dataset folder")
+    exp.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="export format")
     exp.add_argument(
-        "--format", required=True, choices=("hf", "webdataset", "coco", "stac", "captions"), help="export format"
-    )
+        "--split", choices=SPLIT_CHOICES,
+        help="levir-cc, levir-mci, second-cc: the split of every pair (default train; auto: about 70/10/20 by the "
+        "pair's id)",
+    )  # fmt: skip
     exp.add_argument("--out", required=True, type=Path, help="output folder")
     exp.set_defaults(handler=_cmd_export)
     pre = sub.add_parser(
@@ -347,7 +370,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from synth_datasets.exporters import export
     from synth_datasets.reader import load_dataset
 
-    result = export(load_dataset(args.dataset), args.format, args.out)
+    result = export(load_dataset(args.dataset), args.format, args.out, split=args.split)
     sys.stdout.write(f"exported {args.dataset} as {args.format}: {result}\n")
     return 0
 

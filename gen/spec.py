@@ -189,10 +189,13 @@ def mapping_from_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- checks
-def integer(low: int | None = None) -> Check:
+def integer(low: int | None = None, high: int | None = None) -> Check:
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-            raise ValueError(f"expected an integer{f' >= {low}' if low is not None else ''}, got {_short(value)}")
+        bad = isinstance(value, bool) or not isinstance(value, int)
+        if bad or (low is not None and value < low) or (high is not None and value > high):
+            bounds = f" >= {low}" if low is not None else ""
+            bounds += (" and" if bounds else "") + f" <= {high}" if high is not None else ""
+            raise ValueError(f"expected an integer{bounds}, got {_short(value)}")
         return value
 
     return check

@@ -6,8 +6,9 @@
 * ``second``: ``im1/``, ``im2/``, ``label1/``, ``label2/`` — SECOND's colour-coded semantic-change
   labels (white = no change; classes at t1 and t2 where the scene changed).
 
-Both also get ``changes/{name}.json`` with the event list, captions, question–answer pairs and
-provenance; it is written last, so a pair whose JSON exists is complete.
+Both also get ``semantic1/{name}`` and ``semantic2/{name}`` (the canonical layouts of both dates:
+class ids, uint8, 255 = ignore) and ``changes/{name}.json`` with the event list, captions,
+question–answer pairs and provenance; the JSON is written last, so a pair whose JSON exists is complete.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from synth_datasets.samples import ChangePairSample
 DATASET_FORMATS = ("levir", "second")
 # The folders of each format: t1 image, t2 image, then the label folder(s).
 PAIR_FOLDERS = {"levir": ("A", "B", "label"), "second": ("im1", "im2", "label1", "label2")}
+# The canonical layouts of t1 and t2, written in every format.
+LAYOUT_FOLDERS = ("semantic1", "semantic2")
 # Canonical classes SECOND has no class for, mapped to its nearest one inside changed areas.
 SECOND_FALLBACK = {"background": "ground", "road": "ground", "impervious": "ground", "agriculture": "low_vegetation",
                    "vehicle": "ground", "bare": "ground", "sports": "playground"}  # fmt: skip
@@ -64,7 +67,8 @@ def write_change_pair(
     else:
         second = get_palette("second")
         labels = [second.colorize(to_second_ids(s, change)) for s in (sample.semantic_a, sample.semantic_b)]
-    for folder, array in zip(PAIR_FOLDERS[dataset_format], [a, b, *labels]):
+    layouts = [sample.semantic_a.astype(np.uint8), sample.semantic_b.astype(np.uint8)]
+    for folder, array in zip(PAIR_FOLDERS[dataset_format] + LAYOUT_FOLDERS, [a, b, *labels, *layouts]):
         path = out / folder / f"{name}{suffix}"
         if sample.georef is not None:
             write_geotiff(path, array, sample.georef)
@@ -82,7 +86,8 @@ def write_change_pair(
 def pair_files(info: dict[str, Any], name: str) -> dict[str, str]:
     """Role -> path (relative to the dataset root) of every file of pair ``name`` (``info``: its record)."""
     suffix = info.get("suffix", ".png")
-    files = {folder: f"{folder}/{name}{suffix}" for folder in PAIR_FOLDERS[info["dataset_format"]]}
+    folders = PAIR_FOLDERS[info["dataset_format"]] + LAYOUT_FOLDERS
+    files = {folder: f"{folder}/{name}{suffix}" for folder in folders}
     files["changes"] = f"changes/{name}.json"
     return files
 
@@ -94,6 +99,7 @@ def read_change_pair(root: str | os.PathLike, name: str) -> dict[str, Any]:
     files = pair_files(info, name)
     t1, t2, *label_folders = PAIR_FOLDERS[info["dataset_format"]]
     images = {"A": read_raster(root / files[t1]), "B": read_raster(root / files[t2])}
+    images.update({folder: read_raster(root / files[folder]) for folder in LAYOUT_FOLDERS})
     if info["dataset_format"] == "levir":
         return {**images, "change": read_raster(root / files["label"]) > 0, **info}
     second = get_palette("second")

@@ -1,5 +1,6 @@
 """Export an rsgen dataset to the formats training code loads: HF ``datasets`` parquet, WebDataset
-tar shards, COCO JSON, and a STAC catalog. Exporters read through :mod:`synth_datasets.reader` and
+tar shards, COCO JSON, a STAC catalog, and (change pairs and time series) the public change-captioning
+and change-QA formats of ``caption_exports`` and ``qa_exports``. Exporters read through :mod:`synth_datasets.reader` and
 never call a model; every file appears atomically.
 """
 
@@ -21,11 +22,15 @@ from rasterio.warp import transform_bounds
 
 from conditions.palettes import CANONICAL
 from core.atomic import atomic_path, atomic_write_text
+from core.errors import InputError
+from synth_datasets.geotiff import read_raster
 from synth_datasets.reader import RsgenDataset
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("hf", "webdataset", "coco", "stac", "captions")
+# The public change-captioning and change-QA formats are in caption_exports / qa_exports.
+CHANGE_FORMATS = ("levir-cc", "levir-mci", "second-cc", "changechat", "rsvqa")
+EXPORT_FORMATS = ("hf", "webdataset", "coco", "stac", "captions", *CHANGE_FORMATS)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -45,6 +50,8 @@ def export_hf(ds: RsgenDataset, out: str | os.PathLike, *, shard_size: int = 500
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if all(s.is_sequence for s in ds):
+        return _export_hf_sequences(ds, out, shard_size)
     has_semantic = all("semantic" in s.files for s in ds)
     feats = {"id": datasets.Value("string"), "image": datasets.Image(), "caption": datasets.Value("string"),
              "provenance": datasets.Value("string")}  # fmt: skip
@@ -66,11 +73,56 @@ def export_hf(ds: RsgenDataset, out: str | os.PathLike, *, shard_size: int = 500
         with atomic_path(path) as tmp:
             datasets.Dataset.from_dict(rows, features=features_).to_parquet(str(tmp))
         paths.append(path)
-    atomic_write_text(out / "README.md", _dataset_card(ds, has_semantic))
+    columns = "`id`, `image`, `caption`, `provenance` (JSON)" + (
+        ", `semantic` (canonical class ids)" if has_semantic else ""
+    )
+    atomic_write_text(out / "README.md", _dataset_card(ds, columns))
     return paths
 
 
-def _dataset_card(ds: RsgenDataset, has_semantic: bool) -> str:
+def _export_hf_sequences(ds: RsgenDataset, out: Path, shard_size: int) -> list[Path]:
+    """Time series: one row per sequence, its dates' images, layouts and change masks as lists of images (in
+    the order of ``dates`` and ``pairs``), the events and per-pair captions/QA as JSON."""
+    import datasets
+
+    image_list = datasets.Sequence(datasets.Image())
+    strings = datasets.Value("string")
+    feats = datasets.Features({"id": strings, "dates": datasets.Sequence(strings), "images": image_list,
+                               "semantic": image_list, "changes": image_list, "pairs": strings, "events": strings,
+                               "caption": strings, "provenance": strings})  # fmt: skip
+    paths = []
+    for k, start in enumerate(range(0, len(ds), shard_size)):
+        rows: dict[str, list[Any]] = {name: [] for name in feats}
+        for sample in ds.samples[start : start + shard_size]:
+            record = sample.record()
+
+            def png(role: str, sample=sample) -> dict[str, Any]:
+                return {"bytes": _png_bytes(read_raster(sample.path(role))), "path": None}
+
+            rows["id"].append(sample.id)
+            rows["dates"].append([d or "" for d in record["dates"]])
+            rows["images"].append([png(f"date{t:03d}") for t in range(record["num_dates"])])
+            rows["semantic"].append([png(f"semantic{t:03d}") for t in range(record["num_dates"])])
+            rows["changes"].append([png(f"label{p['from']:03d}_{p['to']:03d}") for p in record["pairs"]])
+            rows["pairs"].append(json.dumps(record["pairs"]))
+            rows["events"].append(json.dumps(record["events"]))
+            rows["caption"].append(sample.caption)
+            rows["provenance"].append(json.dumps(record["provenance"], sort_keys=True))
+        path = out / "data" / f"train-{k:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(tmp))
+        paths.append(path)
+    columns = (
+        "(one row per time series) `id`, `dates`, `images`, `semantic` (canonical class ids), `changes` (0/255 "
+        "masks, in the order of `pairs`), `pairs` (JSON: from/to date, captions, qa), `events` (JSON, each with its "
+        "`date` index), `caption`, `provenance` (JSON)"
+    )
+    atomic_write_text(out / "README.md", _dataset_card(ds, columns))
+    return paths
+
+
+def _dataset_card(ds: RsgenDataset, columns: str) -> str:
     first = ds.samples[0].provenance
     model = first.get("model", {})
     sources = sorted({c.get("source") for s in ds for c in s.provenance.get("conditions", []) if c.get("source")})
@@ -91,7 +143,7 @@ configs:
 {warning}
 - model: `{model.get("name", "?")}` from `{model.get("source", "?")}`
 - weights sha256: `{model.get("weights_sha256", "?")}`
-- columns: `id`, `image`, `caption`, `provenance` (JSON){", `semantic` (canonical class ids)" if has_semantic else ""}
+- columns: {columns}
 - semantic classes: {", ".join(f"{c.id} {c.name}" for c in CANONICAL.classes)}; 255 = ignore
 
 ## Licence of inputs
@@ -218,11 +270,20 @@ def export_captions(ds: RsgenDataset, out: str | os.PathLike) -> Path:
     return path
 
 
-def export(ds: RsgenDataset, fmt: str, out: str | os.PathLike) -> Path | list[Path]:
+def export(ds: RsgenDataset, fmt: str, out: str | os.PathLike, *, split: str | None = None) -> Path | list[Path]:
+    """Export ``ds`` as ``fmt`` into ``out``; ``split`` (train|val|test|auto) only for the captioning formats."""
+    from synth_datasets.caption_exports import CAPTION_EXPORTERS
+    from synth_datasets.qa_exports import QA_EXPORTERS
+
     exporters = {
         "hf": export_hf, "webdataset": export_webdataset, "coco": export_coco, "stac": export_stac,
-        "captions": export_captions,
+        "captions": export_captions, **CAPTION_EXPORTERS, **QA_EXPORTERS,
     }  # fmt: skip
     if fmt not in exporters:
         raise ValueError(f"--format {fmt!r}: expected one of {EXPORT_FORMATS}")
-    return exporters[fmt](ds, out)
+    if split is None:
+        return exporters[fmt](ds, out)
+    if fmt not in CAPTION_EXPORTERS:
+        formats = ", ".join(CAPTION_EXPORTERS)
+        raise InputError(f"--split {split!r}: only the formats {formats} have splits; leave it out for {fmt}")
+    return exporters[fmt](ds, out, split=split)

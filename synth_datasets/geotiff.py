@@ -88,6 +88,8 @@ def write_geotiff(
         "compress": "deflate",
         "nodata": nodata,
     }
+    if georef.crs is None and georef.transform == Affine.identity():  # not georeferenced: store no transform
+        del profile["crs"], profile["transform"]
     if height >= 256 and width >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if bands == 3 and array.dtype == np.uint8:
@@ -95,7 +97,10 @@ def write_geotiff(
     with atomic_path(path) as tmp:
         plain = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
         try:
-            with rasterio.open(plain, "w", **profile) as dst:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # e.g. a stack of ungeoreferenced dates
+                dst = rasterio.open(plain, "w", **profile)
+            with dst:
                 dst.write(np.moveaxis(array, -1, 0))  # (H, W, bands) -> (bands, H, W)
                 for index, text in enumerate(descriptions or (), start=1):
                     dst.set_band_description(index, text)

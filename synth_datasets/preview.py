@@ -2,7 +2,9 @@
 
 Images and masks are embedded as PNG data URIs (the page has no links that can break); masks are
 shown beside the image and as an overlay in the canonical palette, with a legend of the classes
-present; captions (prompts) sit under the images.
+present; captions (prompts) sit under the images. A change pair shows t1, t2 and the change mask; a
+time series shows every date (what changed since the previous date outlined) and the change from the first
+date to the last.
 """
 
 from __future__ import annotations
@@ -51,16 +53,13 @@ def _to_uint8_rgb(array: np.ndarray) -> np.ndarray:
 def sample_panels(sample) -> list[tuple[str, PIL.Image.Image]]:
     """(title, thumbnail) panels of one sample: image, mask colours, overlay — or, for a change pair,
     t1 and t2 side by side with the change mask outlined in red, and the mask."""
+    if sample.is_sequence:
+        return sequence_panels(sample)
     if sample.is_change_pair:
         t1, t2, change = sample.pair()
-        edge = change & ~cv2.erode(change.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        outlined = []
-        for image in (_to_uint8_rgb(t1), _to_uint8_rgb(t2)):
-            image = image.copy()
-            image[edge] = (255, 0, 0)
-            outlined.append(image)
         mask = np.repeat((change * 255).astype(np.uint8)[..., None], 3, axis=-1)
-        return [("t1", _thumb(outlined[0])), ("t2", _thumb(outlined[1])), ("change", _thumb(mask, nearest=True))]
+        return [("t1", _thumb(_outlined(t1, change))), ("t2", _thumb(_outlined(t2, change))),
+                ("change", _thumb(mask, nearest=True))]  # fmt: skip
     image = _to_uint8_rgb(sample.image(verify=False))
     panels = [("image", _thumb(image))]
     semantic = sample.label("semantic")
@@ -69,6 +68,29 @@ def sample_panels(sample) -> list[tuple[str, PIL.Image.Image]]:
         panels.append(("mask", _thumb(colours, nearest=True)))
         overlay = (0.55 * image + 0.45 * colours).astype(np.uint8)
         panels.append(("overlay", _thumb(overlay)))
+    return panels
+
+
+def _outlined(image: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """``image`` as uint8 RGB with the outline of ``change`` drawn in red."""
+    edge = change & ~cv2.erode(change.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    image = _to_uint8_rgb(image).copy()
+    image[edge] = (255, 0, 0)
+    return image
+
+
+def sequence_panels(sample) -> list[tuple[str, PIL.Image.Image]]:
+    """A time series: every date (outlined: what changed since the previous date), then the change mask from the
+    first date to the last."""
+    record = sample.record()
+    dates = sample.dates()
+    panels = [(f"date 0 {record['dates'][0] or ''}".strip(), _thumb(_to_uint8_rgb(dates[0])))]
+    for t in range(1, len(dates)):
+        change = sample.label(f"label{t - 1:03d}_{t:03d}") > 0
+        panels.append((f"date {t} {record['dates'][t] or ''}".strip(), _thumb(_outlined(dates[t], change))))
+    last = len(dates) - 1
+    total = (sample.label(f"label000_{last:03d}") > 0).astype(np.uint8) * 255
+    panels.append((f"change 0-{last}", _thumb(np.repeat(total[..., None], 3, axis=-1), nearest=True)))
     return panels
 
 
@@ -97,9 +119,11 @@ def write_preview(ds: RsgenDataset, out_html: str | os.PathLike, *, limit: int =
         if c.id in present
     )
     root = html.escape(str(ds.root))
+    panels_per_card = max((len(row) for row in sheet_rows), default=3)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>rsgen preview: {root}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .card{{display:inline-block;margin:.5em;vertical-align:top;
-max-width:{3 * THUMB + 40}px}} .row{{display:flex;gap:4px}} figure{{margin:0}} figcaption{{font-size:.7em;color:#555}}
+max-width:{panels_per_card * (THUMB + 4) + 40}px}} .row{{display:flex;gap:4px}} figure{{margin:0}}
+figcaption{{font-size:.7em;color:#555}}
 .key{{margin-right:1em;font-size:.85em}} .key i{{display:inline-block;width:1em;height:1em;margin-right:.3em;
 vertical-align:middle;border:1px solid #333}}</style></head><body>
 <h1>rsgen dataset preview</h1><p>{len(ds)} samples in <code>{root}</code>; showing {len(samples)}.</p>
@@ -107,7 +131,7 @@ vertical-align:middle;border:1px solid #333}}</style></head><body>
 """
     atomic_write_text(out_html, page)
     sheet = out_html.with_suffix(".png")
-    atomic_write_bytes(sheet, _contact_sheet(sheet_rows))
+    atomic_write_bytes(sheet, _contact_sheet(sheet_rows, columns=max(1, 12 // panels_per_card)))
     return out_html, sheet
 
 

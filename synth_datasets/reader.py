@@ -41,13 +41,30 @@ class DatasetSample:
     def is_change_pair(self) -> bool:
         return "changes" in self.files
 
+    @property
+    def is_sequence(self) -> bool:
+        """A time series (``time_series`` task): ``dates/``, ``semantic/``, ``labels/`` and ``events.json``."""
+        return "events" in self.files
+
+    def record(self) -> dict[str, Any]:
+        """The change record: a pair's ``changes/{id}.json`` or a sequence's ``events.json``."""
+        role = "changes" if self.is_change_pair else "events"
+        if role not in self.files:
+            raise DatasetError(f"sample {self.id}: not a change pair or time series (no change record)")
+        return json.loads(self.path(role).read_text())
+
     def image(self, *, verify: bool = True) -> np.ndarray:
         """The sample's image (for change pairs: the t2 image, whose sha256 the manifest records)."""
-        role = "image" if "image" in self.files else next(f[1] for f in PAIR_FOLDERS.values() if f[1] in self.files)
+        role = "image" if "image" in self.files else self._last_image_role()
         path = self.path(role)
         if verify and self.sha256 and sha256_file(path) != self.sha256:
             raise DatasetError(f"{path}: sha256 does not match the manifest; the file changed or is corrupt")
         return read_raster(path)
+
+    def _last_image_role(self) -> str:
+        if self.is_sequence:
+            return max(role for role in self.files if role.startswith("date"))
+        return next(f[1] for f in PAIR_FOLDERS.values() if f[1] in self.files)
 
     def label(self, role: str) -> np.ndarray | None:
         return read_raster(self.path(role)) if role in self.files else None
@@ -58,15 +75,27 @@ class DatasetSample:
         return json.loads(self.path("objects").read_text())
 
     def pair(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(t1, t2, change mask) of a change pair."""
+        """(t1, t2, change mask) of a change pair; of a time series, its first and last dates."""
+        if self.is_sequence:
+            last = int(self._last_image_role()[4:])
+            change = read_raster(self.path(f"label000_{last:03d}")) > 0
+            return read_raster(self.path("date000")), read_raster(self.path(f"date{last:03d}")), change
         pair = read_change_pair(self.root, self.id)
         return pair["A"], pair["B"], pair["change"]
 
+    def dates(self) -> list[np.ndarray]:
+        """The images of a time series, date by date."""
+        roles = sorted(role for role in self.files if role.startswith("date"))
+        return [read_raster(self.path(role)) for role in roles]
+
     @property
     def caption(self) -> str:
+        """The first caption of a change pair (a time series: of its first and last dates), else the prompt."""
         if self.is_change_pair:
-            captions = json.loads(self.path("changes").read_text()).get("captions") or [""]
+            captions = self.record().get("captions") or [""]
             return captions[0]
+        if self.is_sequence:
+            return (self.record()["pairs"][-1]["captions"] or [""])[0]
         return str(self.provenance.get("prompt") or "")
 
 

@@ -68,3 +68,14 @@ class ChangePairSample:
     change_mask: np.ndarray  # (H, W) bool
     record: dict[str, Any]  # events, captions, qa, distractors, changed_fraction, provenance
     georef: GeoReference | None = None
+
+
+@dataclass
+class TimeSeriesSample:
+    """T dates of one scene: the images, the layouts, the change masks of date pairs and the event record."""
+
+    images: list[np.ndarray]  # T × (H, W, 3) uint8
+    semantics: list[np.ndarray]  # T × (H, W) canonical ids
+    changes: dict[tuple[int, int], np.ndarray]  # (a, b) -> (H, W) bool: the pixels changed between dates a and b
+    record: dict[str, Any]  # dates, events (with their date index), pairs (captions, qa), distractors, provenance
+    georef: GeoReference | None = None

@@ -59,7 +59,7 @@ def manifest(folder: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"task": "draw"}, r"task: expected one of txt2img, .*change_pairs, sr, got 'draw'"),
+        ({"task": "draw"}, r"task: expected one of txt2img, .*change_pairs, time_series, sr, got 'draw'"),
         ({"colour": 1}, r"colour: not used by task 'txt2img'; it uses: .*\bcloud\b"),
         ({"num_samples": 0}, r"num_samples: expected an integer >= 1, got 0"),
         ({"cloud": {"uniform": [0, 1.7]}}, r"cloud: uniform: expected fractions in \[0, 1\]"),
@@ -260,11 +260,13 @@ def test_change_pairs_job_resumes_and_indexes(tmp_path):
             "change_fraction": 0.05}  # fmt: skip
     run_job(spec_from_mapping(spec), tmp_path / "out")
     entries = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
-    assert [e["index"] for e in entries] == [0, 1, 2] and set(entries[0]["files"]) == {"A", "B", "label", "changes"}
+    files = {"A", "B", "label", "semantic1", "semantic2", "changes"}
+    assert [e["index"] for e in entries] == [0, 1, 2] and set(entries[0]["files"]) == files
     from synth_datasets.change_writer import read_change_pair
 
     pair = read_change_pair(tmp_path / "out", "00000001")
     assert np.array_equal(pair["A"][~pair["change"]], pair["B"][~pair["change"]]) and pair["change"].any()
+    assert np.array_equal(pair["semantic1"] != pair["semantic2"], pair["change"])  # the layouts of both dates
     # Killed after the first shard: a rerun writes only the missing pair, the same bytes.
     first = (tmp_path / "out" / "B" / "00000002.png").read_bytes()
     for path in (tmp_path / "out").glob("*/00000002.*"):

@@ -89,6 +89,12 @@ def _cases(i):
                          {"model": i["ctrl"], "mode": "hybrid", "images": str(r / "A"), "masks": str(r / "label"),
                           "events": {"add_building": 0.7, "transition": 0.3}, "distractors": ["illumination"],
                           "dataset_format": "second", "num_samples": 2}),
+        "time_series": ("time-series", ["--model", i["ctrl"], "--mode", "hybrid", "--images", str(r / "A"),
+                                        "--masks", str(r / "label"), "--num-dates", "3", "--date", "2019-05-01",
+                                        "--interval-days", "30", "--distractors", "seasonal", "--stack", "-n", "2"],
+                        {"model": i["ctrl"], "mode": "hybrid", "images": str(r / "A"), "masks": str(r / "label"),
+                         "num_dates": 3, "date": "2019-05-01", "interval_days": 30, "distractors": ["seasonal"],
+                         "stack": True, "num_samples": 2}),
         "sr": ("sr", ["--model", i["sr"], "--lr", str(r / "lr.tif"), "--scale", "2", "--tile", "64", "-n", "2"],
                {"model": i["sr"], "lr": [str(r / "lr.tif")], "scale": 2, "tile": 64, "num_samples": 2}),
     }  # fmt: skip
@@ -118,7 +124,9 @@ def _drop_created(value):
     return value
 
 
-@pytest.mark.parametrize("case", ["txt2img", "generate_masks", "generate_vectors", "inpaint", "change_pairs", "sr"])
+@pytest.mark.parametrize(
+    "case", ["txt2img", "generate_masks", "generate_vectors", "inpaint", "change_pairs", "time_series", "sr"]
+)
 def test_cli_command_equals_rsgen_run(case, inputs, tmp_path):
     command, flags, spec = _cases(inputs)[case]
     task = COMMANDS[command].task
@@ -163,7 +171,9 @@ def test_unused_and_invalid_values_are_refused_the_same_way_on_the_cli(caplog, t
     assert "--events: add_building: expected a number in [0, 1], got 1.7" in caplog.text
     with pytest.raises(SpecError, match=r"lat: expected a fixed value for this task, got the distribution"):
         spec_from_mapping({"task": "change_pairs", "vectors": ["x"], "lat": {"uniform": [0, 1]}, "lon": 0})
-    with pytest.raises(SpecError, match=r"^task: expected one of txt2img, generate, inpaint, change_pairs, sr"):
+    with pytest.raises(
+        SpecError, match=r"^task: expected one of txt2img, generate, inpaint, change_pairs, time_series, sr"
+    ):
         spec_from_mapping({"task": "layout"})
     with pytest.raises(SpecError, match=r"^image: required by task 'inpaint'"):
         spec_from_mapping({"task": "inpaint"})
@@ -176,7 +186,8 @@ def _required(cls) -> dict:
     """The smallest valid mapping of a task (its required keys and the inputs its checks need)."""
     here = str(Path(__file__))
     minimal = {"generate": {"control": ["canny:x.png"]}, "inpaint": {"image": here, "region": here},
-               "change_pairs": {"masks": str(Path(here).parent)}, "sr": {"lr": [here], "scale": 2}}  # fmt: skip
+               "change_pairs": {"masks": str(Path(here).parent)}, "time_series": {"masks": str(Path(here).parent)},
+               "sr": {"lr": [here], "scale": 2}}  # fmt: skip
     return minimal.get(cls.task, {})
 
 

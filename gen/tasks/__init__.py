@@ -13,6 +13,7 @@ from gen.tasks.change_pairs import ChangePairsSpec, ChangePairsTask
 from gen.tasks.generate import GenerateSpec, GenerateTask
 from gen.tasks.inpaint import InpaintSpec, InpaintTask
 from gen.tasks.sr import SRSpec, SRTask
+from gen.tasks.time_series import TimeSeriesSpec, TimeSeriesTask
 from gen.tasks.txt2img import Txt2ImgSpec, Txt2ImgTask
 
 # task name -> (spec class, task class); the only place a task is chosen by its name
@@ -21,6 +22,7 @@ TASKS: dict[str, tuple[type, type]] = {
     "generate": (GenerateSpec, GenerateTask),
     "inpaint": (InpaintSpec, InpaintTask),
     "change_pairs": (ChangePairsSpec, ChangePairsTask),
+    "time_series": (TimeSeriesSpec, TimeSeriesTask),
     "sr": (SRSpec, SRTask),
 }
 

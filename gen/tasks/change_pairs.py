@@ -58,8 +58,9 @@ DEFAULT_GSD = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChangePairsSpec(JobOptions):
-    task = "change_pairs"
+class ChangeOptions(JobOptions):
+    """The fields of every change task (pairs and time series): layout t1, events, distractors, synthesis."""
+
     mode: str = option("full", "full (both dates generated) or hybrid (real t1, t2 inpainted where it changed)",
                        checks.choice("full", "hybrid"))  # fmt: skip
     images: str | None = option(None, "hybrid: folder of real t1 images (8-bit RGB); with vectors also one file",
@@ -116,9 +117,7 @@ class ChangePairsSpec(JobOptions):
     date: Any = metadata_option("date", drawn=False)
     cloud: Any = metadata_option("cloud", drawn=False)
     sensor: Any = metadata_option("sensor", drawn=False)
-    prompt: str = option("", "text prompt of both dates", checks.string)
-    dataset_format: str = option("levir", "output layout: levir (A/ B/ label/) or second (im1/ im2/ label1/ label2/)",
-                                 checks.choice(*DATASET_FORMATS))  # fmt: skip
+    prompt: str = option("", "text prompt of every date", checks.string)
     layout_strength: float | None = layout_strength_option()
     steps: int = steps_option()
     guidance: float = guidance_option()
@@ -151,7 +150,14 @@ class ChangePairsSpec(JobOptions):
             raise FieldError("events", str(err)) from None
 
 
-def change_config(spec: ChangePairsSpec) -> ChangeConfig:
+@dataclass(frozen=True, kw_only=True)
+class ChangePairsSpec(ChangeOptions):
+    task = "change_pairs"
+    dataset_format: str = option("levir", "output layout: levir (A/ B/ label/) or second (im1/ im2/ label1/ label2/)",
+                                 checks.choice(*DATASET_FORMATS))  # fmt: skip
+
+
+def change_config(spec: ChangeOptions) -> ChangeConfig:
     """The event simulator's settings of ``spec`` (its defaults where the spec leaves them out)."""
     optional_ = {"events": spec.events, "transitions": spec.transitions}
     return ChangeConfig(change_fraction=spec.change_fraction, min_size_m=spec.min_size_m, max_size_m=spec.max_size_m,
@@ -173,8 +179,8 @@ class LayoutT1:
 
 
 class ChangePairsTask(TaskBase):
-    def __init__(self, spec: ChangePairsSpec) -> None:
-        super().__init__(spec, ChangePairFolder(spec.dataset_format), 1)
+    def __init__(self, spec: ChangeOptions, layout: Any = None) -> None:
+        super().__init__(spec, layout or ChangePairFolder(spec.dataset_format), 1)
         self.change = change_config(spec)
         self.rules = read_layers(spec)
         self.sources = self._sources()
@@ -242,17 +248,17 @@ class ChangePairsTask(TaskBase):
 
     def _synthesise_pair(self, t1: LayoutT1, result: ChangeResult, seed: int) -> tuple[np.ndarray, np.ndarray]:
         spec, pipe = self.spec, self.pipe
-        common = {"prompt": spec.prompt, "num_inference_steps": spec.steps, "guidance_scale": spec.guidance,
-                  "metadata": t1.metadata if pipe.has_metadata else None, "output_type": "pt",
-                  "layout_strength": self.layout_strength({"mask": None})}  # fmt: skip
+        common = self.sampling_kwargs(t1.metadata)
         if spec.mode == "full":  # same seed for both dates
             return synthesise(pipe, t1.semantic, seed, common), synthesise(pipe, result.semantic, seed, common)
-        image_a = t1.image
-        image_b = image_a.copy()
-        if result.change_mask.any():
-            generated = synthesise(pipe, result.semantic, seed, common, image_a, result.change_mask)
-            image_b[result.change_mask] = generated[result.change_mask]  # outside: t1 bit for bit
-        return image_a, image_b
+        return t1.image, inpaint_change(pipe, t1.image, result.semantic, result.change_mask, seed, common)
+
+    def sampling_kwargs(self, metadata: Metadata) -> dict[str, Any]:
+        """The pipeline arguments every date of a sample shares (``metadata``: that date's)."""
+        spec = self.spec
+        return {"prompt": spec.prompt, "num_inference_steps": spec.steps, "guidance_scale": spec.guidance,
+                "metadata": metadata if self.pipe.has_metadata else None, "output_type": "pt",
+                "layout_strength": self.layout_strength({"mask": None})}  # fmt: skip
 
     def layout_t1(self, source: Path | None) -> LayoutT1:
         """Layout t1 (and, in hybrid mode, image t1) of a pair made from ``source``."""
@@ -356,6 +362,18 @@ def image_grid(path: Path, rgb: RGBImage, shape: tuple[int, int]) -> TargetGrid:
             "a projected CRS: reproject it (gdalwarp -t_srs EPSG:326zz, the UTM zone)",
         )
     return TargetGrid(rgb.crs, t, shape[1], shape[0])
+
+
+def inpaint_change(
+    pipe: Any, image: np.ndarray, semantic: np.ndarray, change: np.ndarray, seed: int, common: dict[str, Any]
+) -> np.ndarray:
+    """``image`` with exactly the ``change`` pixels regenerated under layout ``semantic``: every other pixel is
+    returned bit for bit."""
+    out = image.copy()
+    if change.any():
+        generated = synthesise(pipe, semantic, seed, common, image, change)
+        out[change] = generated[change]
+    return out
 
 
 def synthesise(

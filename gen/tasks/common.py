@@ -33,10 +33,11 @@ from gen.spec import (
     string,
     string_list,
 )
+from synth_datasets.exporters import EXPORT_FORMATS
 
 logger = logging.getLogger(__name__)
 
-WRITERS = ("hf", "webdataset", "coco", "stac", "captions")
+WRITERS = EXPORT_FORMATS
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "range", "box")
 METADATA_FIELDS = ("gsd", "lat", "lon", "location", "date", "cloud", "sensor")
 DRAW_ORDER = ("gsd", "date", "location", "cloud", "sensor")  # the order values are drawn for a sample
