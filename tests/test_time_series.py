@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import rasterio
 from rasterio import features
@@ -47,7 +48,7 @@ def hybrid(ctrl, levir, tmp_path_factory):
     spec = build_spec(TimeSeriesSpec, {"model": str(model), "mode": "hybrid", "images": str(levir / "A"),
                                        "masks": str(levir / "label"), "num_dates": 4, "date": "2016-06-01",
                                        "interval_days": 200, "change_fraction": 0.04, "steps": 2, "num_samples": 2,
-                                       "events": events})  # fmt: skip
+                                       "events": events, "writers": ["levir-mci"]})  # fmt: skip
     run_job(spec, out, pipe=pipe)
     return out
 
@@ -86,6 +87,16 @@ def test_labels_are_exact_between_every_pair_of_dates(hybrid, levir):
             built = {e["instance_id"] for e in between if e["type"] == "add_building"}
             assert qa["how many buildings were built?"] == str(len(built))
             assert qa["has anything changed?"] == ("yes" if between else "no")
+
+
+def test_job_writers_export_the_consecutive_date_pairs(hybrid):
+    entries = json.loads((hybrid / "export" / "levir-mci" / "LevirCCcaptions.json").read_text())["images"]
+    ids = [e["rsgen_id"] for e in entries]  # LEVIR's masks hold only building and road changes: pairs with others
+    assert ids and set(ids) <= {f"0000000{i}_00{t}_00{t + 1}" for i in (0, 1) for t in (0, 1, 2)}  # are left out
+    for entry in entries:
+        label = np.asarray(PIL.Image.open(hybrid / "export" / "levir-mci" / "images" / "train" / "label" /
+                                          entry["filename"]))  # fmt: skip
+        assert set(np.unique(label)) <= {0, 128, 255}
 
 
 def test_events_chain_from_date_to_date(hybrid):
