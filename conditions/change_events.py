@@ -223,7 +223,9 @@ def simulate_change(
                 np.isin(sem[pixels], list(NOT_BUILDABLE)).any() or not keeps_setback(pixels, roads, setback_px)
             ):
                 continue
-            pixels &= sem != BUILDING
+            pixels &= (sem != BUILDING) & (sem != IGNORE)  # never over ignore pixels, even with allow_overlap
+            if not pixels.any():
+                continue
             new_id = int(inst.max()) + 1
             for src in np.unique(sem[pixels]):  # one event per class replaced, so from->to is exact
                 part = pixels & (sem == src)

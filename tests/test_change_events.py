@@ -184,3 +184,18 @@ def test_real_osm_layout_with_roads_stays_exact(oakland):
     assert {e.aligned_with for e in result.events if e.type == "add_building"} >= {"road"}
     removed = [e.instance_id for e in result.events if e.type == "remove_building"]
     assert removed and all(0 < i <= instances.max() for i in removed)  # OSM footprints (their instance ids)
+
+
+def test_overlapping_buildings_never_cover_ignore_pixels():
+    """allow_overlap lifts the no-overlap rule for roads and buildings, never for ignore pixels: the real
+    Potsdam layout (9 % boundary/ignore pixels) used to crash here."""
+    from conditions.palettes import IGNORE
+
+    mask = read_mask(shared_file("seg/potsdam/masks/2_10_0_0_512_512.png"), "potsdam")
+    semantic = mask.palette.to_canonical(mask.ids)
+    assert (semantic == IGNORE).any()
+    config = ChangeConfig(change_fraction=0.05, allow_overlap=True, road_setback_m=0)
+    for seed in range(2):
+        result = simulate_change(semantic, 0.05, config, np.random.default_rng(seed))
+        assert result.events and (result.semantic[semantic == IGNORE] == IGNORE).all()
+        assert np.array_equal(result.change_mask, rasterize_events(result.events, semantic.shape))
