@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from conditions.metadata import Metadata, MetadataError
+from conditions.metadata_adapters import DIFFUSIONSAT_FIELDS, to_diffusionsat
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,86 @@ class MetadataEncoder(ModelMixin, ConfigMixin):
     def encode(self, records: Sequence[Metadata | None]) -> torch.Tensor:
         prepared = self.prepare(records)
         return self(prepared.values, prepared.known, prepared.sensor_ids)
+
+
+class DiffusionSatMetadataEncoder(ModelMixin, ConfigMixin):
+    """DiffusionSat's metadata embedding (Khanna et al. 2024, ``diffusionsat/sat_unet.py``), outside the UNet.
+
+    Seven fields ``[lon, lat, gsd, cloud, year, month, day]``, normalised to DiffusionSat's 0–1000 scale by
+    :func:`conditions.metadata_adapters.to_diffusionsat` (0 where unknown, as DiffusionSat itself does), each
+    projected sinusoidally exactly like the UNet's timestep (``Timesteps(block_out_channels[0], flip_sin_to_cos,
+    freq_shift)``), passed through its own ``TimestepEmbedding`` (``metadata_embedding.{i}``) and summed. SatUNet
+    adds that sum to its time embedding; here it reaches a stock ``UNet2DConditionModel`` as ``class_labels``
+    (``class_embed_type="identity"``), which adds it at the same point. The classifier-free-guidance null
+    condition is the all-zero vector, as in DiffusionSat's pipeline (``torch.zeros_like(md)``).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        embedding_dim: int = 1280,
+        frequency_dim: int = 320,
+        flip_sin_to_cos: bool = True,
+        freq_shift: float = 0.0,
+        num_metadata: int = 7,
+    ) -> None:
+        super().__init__()
+        if num_metadata != len(DIFFUSIONSAT_FIELDS):
+            raise ValueError(
+                f"DiffusionSatMetadataEncoder: num_metadata={num_metadata}; rsgen maps the {len(DIFFUSIONSAT_FIELDS)} "
+                f"published fields {list(DIFFUSIONSAT_FIELDS)}"
+            )
+        self.metadata_embedding = nn.ModuleList(
+            TimestepEmbedding(frequency_dim, embedding_dim) for _ in range(num_metadata)
+        )  # the SatUNet's own key names: metadata_embedding.{i}.linear_{1,2}
+        self.sensor_names: list[str] = []
+
+    @property
+    def field_names(self) -> list[str]:
+        return list(DIFFUSIONSAT_FIELDS)
+
+    def schema(self) -> dict[str, Any]:
+        """The conditioning schema, as written to ``rsgen_model.json``."""
+        return {"encoding": "diffusionsat", "fields": self.field_names, "scale": 1000.0, "sensors": []}
+
+    def prepare(self, records: Sequence[Metadata | None]) -> PreparedMetadata:
+        """DiffusionSat's normalised 7-vectors (B, 7); ``None`` records (the null condition) are all zero."""
+        values = torch.zeros(len(records), len(self.field_names), dtype=torch.float32)
+        known = torch.zeros(len(records), len(self.field_names), dtype=torch.bool)
+        for i, record in enumerate(records):
+            if record is None:
+                continue
+            if record.sensor is not None:
+                raise MetadataError(
+                    f"metadata.sensor={record.sensor!r}: DiffusionSat has no sensor input (its fields are "
+                    f"{self.field_names}); leave the sensor unset"
+                )
+            if record.extra:
+                raise MetadataError(
+                    f"metadata.extra {sorted(record.extra)}: DiffusionSat takes only {self.field_names}; drop them"
+                )
+            values[i] = torch.tensor(to_diffusionsat(record), dtype=torch.float32)
+            fields = record.numeric_fields()
+            known[i] = torch.tensor([fields[name] is not None for name in self.field_names])
+        return PreparedMetadata(values, known, torch.zeros(len(records), dtype=torch.long))
+
+    def forward(
+        self, values: torch.Tensor, known: torch.Tensor | None = None, sensor_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 7) normalised values → (B, E), the sum of the per-field embeddings (``known`` / ``sensor_ids`` are
+        unused: unknown fields are already 0, DiffusionSat's placeholder)."""
+        param = self.metadata_embedding[0].linear_1.weight
+        batch, num_fields = values.shape  # (B, 7)
+        freq_dim = self.config.frequency_dim
+        sinus = get_timestep_embedding(
+            values.to(param.device, torch.float32).reshape(-1), freq_dim,
+            flip_sin_to_cos=self.config.flip_sin_to_cos, downscale_freq_shift=self.config.freq_shift,
+        )  # fmt: skip
+        sinus = sinus.reshape(batch, num_fields, freq_dim).to(param.dtype)  # (B, 7, D)
+        embedding = torch.zeros(batch, self.config.embedding_dim, device=param.device, dtype=param.dtype)
+        for j, embed in enumerate(self.metadata_embedding):
+            embedding = embedding + embed(sinus[:, j])  # (B, E), summed in SatUNet's order
+        return embedding
+
+    def encode(self, records: Sequence[Metadata | None]) -> torch.Tensor:
+        return self(self.prepare(records).values)

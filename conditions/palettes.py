@@ -38,6 +38,10 @@ class Palette:
     ignore_ids: tuple[int, ...] = ()
     aliases: Mapping[int, int] = field(default_factory=dict)  # raw value on disk -> class id
     description: str = ""
+    # canonical class name -> the id ``from_canonical`` writes for it: which of several classes mapping to one
+    # canonical class stands for it (else the first listed), or the class that stands in for a canonical class
+    # this scheme has no own class for (FLAIR has no road class: its roads are 'impervious surface').
+    from_canonical_ids: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[int]:
@@ -80,6 +84,8 @@ class Palette:
         table = np.full(256, -1, dtype=np.int64)
         for c in reversed(self.classes):  # the first class listed wins for many-to-one mappings
             table[CANONICAL.class_by_name(c.canonical).id] = c.id
+        for name, cid in self.from_canonical_ids.items():  # the scheme's explicit choices and stand-ins
+            table[CANONICAL.class_by_name(name).id] = cid
         table[IGNORE] = self.ignore_ids[0] if self.ignore_ids else IGNORE
         present = np.unique(mask)
         missing = [int(v) for v in present if v > 255 or table[v] < 0]
@@ -223,6 +229,49 @@ PALETTES: dict[str, Palette] = {
     ),
 }
 PALETTES["vaihingen"] = Palette(**{**PALETTES["potsdam"].__dict__, "name": "vaihingen"})
+
+# FLAIR-1 / FLAIR-2 (IGN, Garioud et al. 2023): the 19 class codes of the MSK_*.tif masks (both datasets store the
+# same codes; their baselines merge codes > 12 into 13 'other' at training time, not on disk) and the official
+# colours (IGNF/FLAIR-1 README `flair_data`; identical to HySCDG's src/utils.py `lut_colors`, whose
+# `convert_to_color` colours the masks its ControlNet sees). 19 'other' is black, as in both sources, so colour
+# masks decode black as 'other'. Canonical classes FLAIR has no class for are drawn as the class that covers them.
+PALETTES["flair"] = _palette(
+    "flair",
+    [
+        (1, "building", (219, 14, 154), "building"),
+        (2, "pervious_surface", (147, 142, 123), "bare"),
+        (3, "impervious_surface", (248, 12, 0), "impervious"),
+        (4, "bare_soil", (169, 113, 1), "bare"),
+        (5, "water", (21, 83, 174), "water"),
+        (6, "coniferous", (25, 74, 38), "tree"),
+        (7, "deciduous", (70, 228, 131), "tree"),
+        (8, "brushwood", (243, 166, 13), "low_vegetation"),
+        (9, "vineyard", (102, 0, 130), "agriculture"),
+        (10, "herbaceous_vegetation", (85, 255, 0), "low_vegetation"),
+        (11, "agricultural_land", (255, 243, 13), "agriculture"),
+        (12, "plowed_land", (228, 223, 124), "agriculture"),
+        (13, "swimming_pool", (61, 230, 235), "water"),
+        (14, "snow", (255, 255, 255), "bare"),
+        (15, "clear_cut", (138, 179, 160), "bare"),
+        (16, "mixed", (107, 113, 79), "tree"),
+        (17, "ligneous", (197, 220, 66), "low_vegetation"),
+        (18, "greenhouse", (153, 153, 255), "building"),
+        (19, "other", (0, 0, 0), "background"),
+    ],
+    ignore_ids=(0,),
+    # the most frequent FLAIR class of each many-to-one canonical class (FLAIR-1 datapaper frequencies), and
+    # stand-ins: roads and vehicles on them are 'impervious surface', sports grounds 'pervious surface'
+    from_canonical_ids={
+        "bare": 4,
+        "tree": 7,
+        "low_vegetation": 10,
+        "agriculture": 11,
+        "road": 3,
+        "vehicle": 3,
+        "sports": 2,
+    },  # fmt: skip
+    description="FLAIR-1/FLAIR-2 aerial land cover (IGN), 19 class codes; 0 = no-data; 19 'other' is black",
+)
 
 
 def get_palette(name: str) -> Palette:

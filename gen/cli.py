@@ -242,6 +242,21 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     info = model_sub.add_parser("info", help="print a bundle's rsgen_model.json")
     info.add_argument("dir", help="bundle folder, or 'default' for the built-in model")
+    from pipelines.checkpoints import KINDS
+
+    imp = model_sub.add_parser(
+        "import",
+        help="turn a downloaded public checkpoint into an rsgen bundle",
+        description="Import a public remote-sensing checkpoint (HySCDG, Text2Earth, GeoSynth, DiffusionSat, the SD "
+        "x4 upscaler or SD-2 inpainting) as an rsgen bundle: the diffusers layout rsgen's pipelines load plus "
+        "rsgen_model.json. Every weight must find its place: an unmatched key fails the import with its name. "
+        "See README 'Using public checkpoints'.",
+    )
+    imp.add_argument("kind", choices=tuple(KINDS), help="the checkpoint's family")
+    imp.add_argument("src", type=Path, help="the downloaded checkpoint (folder or file)")
+    imp.add_argument("dest", type=Path, help="bundle folder to create")
+    imp.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin/.ckpt weights (unsafe)")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
@@ -408,6 +423,13 @@ def _cmd_model(args: argparse.Namespace) -> int:
             config = TinyBundleConfig(image_size=args.size, metadata=not args.no_metadata, seed=args.seed)
         path = build_tiny_bundle(args.dir, config, overwrite=args.overwrite)
         sys.stdout.write(f"tiny bundle written to {path} ({SMOKE_TEST_WARNING})\n")
+        return 0
+    if args.model_command == "import":
+        from pipelines.checkpoints import import_checkpoint
+
+        dest = import_checkpoint(args.kind, args.src, args.dest, allow_pickle=args.allow_pickle,
+                                 overwrite=args.overwrite)  # fmt: skip
+        sys.stdout.write(f"imported {args.kind} checkpoint {args.src} as the rsgen bundle {dest}\n")
         return 0
     if args.model_command == "info":
         from pipelines.bundle import ModelCard, is_default, resolve_bundle

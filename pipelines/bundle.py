@@ -71,6 +71,19 @@ class ModelCard:
     # ``layout_strength`` (< 1: sampling starts from the mask painted in these colours, noised to that share).
     class_colors: dict[str, list[float]] | None = None
     layout_strength: float = 1.0
+    # Imported public checkpoints (`rsgen model import`): the import kind and where the weights came from.
+    kind: str = "rsgen"
+    source: str = ""
+    # Inpainting with soft masks (HySCDG): the mask reaches the UNet as given (no binarisation) and the masked
+    # image is image * (1 - mask).
+    soft_mask: bool = False
+    # What an inpainting UNet's masked image is: "rsgen" = image in [0, 1] × (1 − mask) (masked pixels black, rsgen's
+    # own bundles); "diffusers" = image in [-1, 1] × (1 − mask) (masked pixels mid-grey), as Stable Diffusion
+    # inpainting UNets were trained (diffusers' inpaint pipelines; equal to its `image * (mask < 0.5)` for 0/1 masks).
+    masked_image: str = "rsgen"
+    # What the UNet's own class embedding takes as ``class_labels`` (None: nothing or the metadata encoder's
+    # output): "text2earth_level" = the Google zoom level 10..18 of the GSD (0 = unconditional).
+    class_labels: str | None = None
     smoke_test: bool = False  # random weights: images are noise
     description: str = ""
     license: str = "unknown"
@@ -94,6 +107,8 @@ class ModelCard:
         for name, rgb in (self.class_colors or {}).items():
             if not isinstance(rgb, list | tuple) or len(rgb) != 3 or not all(0 <= float(v) <= 255 for v in rgb):
                 raise BundleError(f"{MODEL_CARD_FILE}: class_colors[{name!r}]={rgb!r}: expected [r, g, b] in 0..255")
+        if self.masked_image not in ("rsgen", "diffusers"):
+            raise BundleError(f"{MODEL_CARD_FILE}: masked_image={self.masked_image!r}: expected 'rsgen' or 'diffusers'")
         if not 0 < float(self.sr_strength) <= 1:
             raise BundleError(f"{MODEL_CARD_FILE}: sr_strength={self.sr_strength!r}: expected a number in (0, 1]")
         if self.format_version > CARD_FORMAT_VERSION:
@@ -156,10 +171,15 @@ def is_default(model: str | os.PathLike | None) -> bool:
 def resolve_bundle(
     model: str | os.PathLike | None, *, allow_pickle: bool = False, pipeline: str = "RSControlledPipeline"
 ) -> Path:
-    """A local bundle folder for ``model``: the folder itself, a hub snapshot (needs network), or for
-    ``None`` / ``"default"`` the built-in default bundle for ``pipeline``."""
+    """A local bundle folder for ``model``: the folder itself, a hub snapshot (needs network), ``hub:owner/name``
+    (a known public checkpoint, imported into rsgen's cache), or for ``None`` / ``"default"`` the built-in
+    default bundle for ``pipeline``."""
     if is_default(model):
         return default_bundle(pipeline)
+    if str(model).startswith("hub:"):  # a known public checkpoint, downloaded and imported once
+        from pipelines.checkpoints import import_from_hub
+
+        return import_from_hub(str(model)[4:], allow_pickle=allow_pickle)
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():

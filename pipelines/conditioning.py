@@ -10,14 +10,30 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from conditions.metadata import Metadata
-from conditions.metadata_encoder import MetadataEncoder
+from conditions.metadata_adapters import gsd_to_text2earth_level
+from conditions.metadata_encoder import DiffusionSatMetadataEncoder, MetadataEncoder
 
 logger = logging.getLogger(__name__)
 
 
-def check_metadata_components(unet: UNet2DConditionModel, metadata_encoder: MetadataEncoder | None) -> None:
-    """A metadata encoder goes with ``class_embed_type='identity'`` and the UNet's time-embedding size."""
+# What a UNet's own class embedding can take as ``class_labels`` (rsgen_model.json 'class_labels'):
+# "text2earth_level" = the Google zoom level 10..18 nearest the sample's GSD (Text2Earth; 0 = unconditional).
+CLASS_LABEL_KINDS = ("text2earth_level",)
+TEXT2EARTH_NULL_LEVEL = 0  # the level of Text2Earth's unconditional branch and of prompts without a level
+
+
+def check_metadata_components(
+    unet: UNet2DConditionModel,
+    metadata_encoder: MetadataEncoder | DiffusionSatMetadataEncoder | None,
+    *,
+    class_labels: bool = False,
+) -> None:
+    """A metadata encoder goes with ``class_embed_type='identity'`` and the UNet's time-embedding size. With
+    ``class_labels`` (pipelines that read rsgen_model.json 'class_labels') a UNet with a ``"timestep"`` class
+    embedding and no metadata encoder is complete: its labels come from the metadata (e.g. Text2Earth's level)."""
     has_class_embedding = unet.config.class_embed_type is not None or unet.config.num_class_embeds
+    if class_labels and metadata_encoder is None and unet.config.class_embed_type == "timestep":
+        return
     if metadata_encoder is not None and unet.config.class_embed_type != "identity":
         raise ValueError(
             "metadata_encoder given but unet.config.class_embed_type="
@@ -74,6 +90,20 @@ def tail_timesteps(scheduler: Any, num_inference_steps: int, strength: float) ->
     return timesteps[skip:], skip
 
 
+def class_labels_from_metadata(
+    kind: str, records: list[Metadata | None], device: torch.device, do_cfg: bool
+) -> torch.Tensor:
+    """The UNet's ``class_labels`` (2B,) as [null; cond] with guidance, else (B,), for a card's ``class_labels``
+    kind. ``"text2earth_level"``: the Google level nearest each record's GSD; a record without a GSD gets the
+    null level 0, which is also what Text2Earth's own pipeline uses for a prompt without a level prefix."""
+    if kind != "text2earth_level":
+        raise ValueError(f"rsgen_model.json class_labels={kind!r}: expected one of {CLASS_LABEL_KINDS} or null")
+    levels = [TEXT2EARTH_NULL_LEVEL if r is None or r.gsd is None else gsd_to_text2earth_level(r.gsd) for r in records]
+    if do_cfg:
+        levels = [TEXT2EARTH_NULL_LEVEL] * len(records) + levels
+    return torch.tensor(levels, dtype=torch.long, device=device)  # (nB,)
+
+
 class TextMetadataConditioningMixin:
     """``encode_prompt`` / ``encode_metadata`` for pipelines with tokenizer, text_encoder, unet and an
     optional metadata_encoder."""
@@ -107,7 +137,7 @@ class TextMetadataConditioningMixin:
     ) -> torch.Tensor | None:
         """Returns metadata embeddings (2B, E) as [null; cond] with guidance, else (B, E); None without
         a metadata encoder. The unconditional half is the all-unknown record's embedding."""
-        if not self.has_metadata:
+        if self.metadata_encoder is None:
             return None
         if do_cfg:
             records = [None] * len(records) + list(records)

@@ -190,9 +190,22 @@ class ChangePairsTask(TaskBase):
         from pipelines.controlled import RSControlledPipeline
 
         self.attach(RSControlledPipeline, pipe)
-        self.layout_strength({"mask": None})  # checked against the model card now, before any work
+        if self.spec.mode == "full" and getattr(self.pipe, "is_inpainting_model", False):
+            raise FieldError("mode", f"full: {self.spec.model} is an inpainting model (9-channel UNet), which needs a "
+                             "real t1 image; use --mode hybrid")  # fmt: skip
         if "mask" not in self.pipe.control_names:
-            raise FieldError("model", f"{self.spec.model}: change pairs need a bundle with a 'mask' control")
+            if self.spec.mode != "hybrid":
+                raise FieldError("model", f"{self.spec.model}: change pairs need a bundle with a 'mask' control")
+            self.layout_strength({})  # no mask to paint a layout prior with: only 1 (or the default) is valid
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s has no 'mask' control: hybrid pairs inpaint the changed regions from the prompt alone, so the "
+                "t2 layout decides only where t2 changes, not what is drawn there (its label still says what)",
+                self.spec.model,
+            )
+            return
+        self.layout_strength({"mask": None})  # checked against the model card now, before any work
 
     def _sources(self) -> list[Path | None]:
         """What sample i is made from (``sources[i % n]``): mask files; with vectors, the t1 images
@@ -381,7 +394,9 @@ def synthesise(
     image: np.ndarray | None = None, region: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(H, W, 3) uint8 image of ``semantic`` (inpainting ``region`` of ``image`` when given). Layouts whose
-    size is not a multiple of the model's are padded (edge pixels, 'keep' region) and cropped back."""
+    size is not a multiple of the model's are padded (edge pixels, 'keep' region) and cropped back. The 'mask'
+    control is coloured in the model card's palette (canonical colours without one); a model without a 'mask'
+    control inpaints from the prompt alone."""
     height, width = semantic.shape
     m = pipe.size_multiple
     kwargs: dict[str, Any] = {}
@@ -393,7 +408,14 @@ def synthesise(
         control = pad_to_multiple(semantic, m, mode="edge")
     else:
         control = pad_to_multiple(semantic, m, constant_values=IGNORE)
-    mask = encode_color(SemanticMask(control, CANONICAL))[None]  # (1, 3, H', W')
-    out = pipe(controls={"mask": mask}, generator=[torch.Generator().manual_seed(seed)], **kwargs, **common)
+    card_palette = getattr(getattr(pipe, "model_card", None), "palette", None) or {}
+    name = card_palette.get("name", "canonical")
+    if name not in PALETTES or card_palette.get("encoding", "color") != "color":
+        raise FieldError("model", f"rsgen_model.json palette={card_palette}: change pairs colour the 'mask' control "
+                         f"in a known palette ({', '.join(sorted(PALETTES))}) with encoding 'color'")  # fmt: skip
+    scheme = PALETTES[name]
+    ids = control if scheme is CANONICAL else scheme.from_canonical(control)  # (H', W') ids in the model's scheme
+    controls = {"mask": encode_color(SemanticMask(ids, scheme))[None]} if "mask" in pipe.control_names else {}
+    out = pipe(controls=controls, generator=[torch.Generator().manual_seed(seed)], **kwargs, **common)
     generated = (out.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return generated[:height, :width]

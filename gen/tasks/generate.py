@@ -6,6 +6,10 @@ i mod n) in a known ``palette``, or from ``vectors`` (layers rasterised on a ``s
 the layers' extent) or, by default, the layers' centre); image ``control``s add or replace it. The
 layout is the ``mask`` control (canonical palette colours) and the labels (semantic, instances,
 objects). Layouts larger than ``tile`` are generated as tiled scenes and written row by row.
+
+Models whose controls include ``osm`` (GeoSynth-OSM) get the layout as an OpenStreetMap-style map instead of
+(or besides) the ``mask`` control: vectors rendered by :func:`conditions.osm_render.render_osm` on the same grid,
+masks coloured by class; the labels written are the same exact masks.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from conditions import vector_layouts as layers
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
+from conditions.osm_render import osm_control, render_osm, render_semantic
 from conditions.palettes import CANONICAL, PALETTES
 from core.seeding import sample_generators
 from gen.spec import (
@@ -51,6 +56,7 @@ from synth_datasets.output_layouts import ImageFolder
 from synth_datasets.samples import ImageSample, Labels
 
 RASTER_SUFFIXES = (".png", ".tif", ".tiff")
+OSM_SOURCE = {"kind": "osm", "source": "conditions.osm_render", "params": {"style": "openstreetmap-carto colours"}}
 
 
 def _guidance_window(value: Any) -> tuple[float, float]:
@@ -127,9 +133,10 @@ class GenerateSpec(GenerationOptions):
         if self.location == "layers" and not self.vectors:
             raise FieldError("location", "'layers' draws inside the vector layers: give vectors")
         names = {c.partition(":")[0] for c in self.control} | ({"mask"} if self.masks or self.vectors else set())
+        layout_names = {"osm"} if self.masks or self.vectors else set()  # the layout as a map, for OSM models
         for key in ("control_scale", "control_guidance"):
             for name in getattr(self, key):
-                if name not in names:
+                if name not in names | layout_names:
                     raise FieldError(key, f"{name}=...: no such control in this job (controls: {sorted(names)})")
         if "stac" in self.writers and self.format != "geotiff" and not (self.vectors or self.masks):
             raise FieldError("writers", "stac needs georeferenced samples: give vectors, georeferenced masks or "
@@ -146,6 +153,7 @@ class LayoutConditions:
     labels: Labels | None  # None: controls only (the semantic label is all 'ignore')
     georef: GeoReference | None
     sources: list[dict[str, Any]]  # provenance of the layout
+    osm: np.ndarray | None = None  # (H, W, 3) uint8 OSM-style map of the layout, for models with an 'osm' control
 
 
 class GenerateTask(TaskBase):
@@ -185,7 +193,9 @@ class GenerateTask(TaskBase):
             semantic = mask.palette.to_canonical(mask.ids)
             georef = GeoReference(mask.crs, mask.transform) if mask.crs is not None else None
             source = {"kind": "mask", "source": mask.source, "sha256": mask.sha256, "palette": spec.palette}
-            return LayoutConditions(text, Labels(semantic), georef, [source])
+            osm = render_semantic(semantic) if self.wants_osm else None
+            sources = [source] + ([OSM_SOURCE] if osm is not None else [])
+            return LayoutConditions(text, Labels(semantic), georef, sources, osm)
         if self.rules:
             md = text.metadata
             drawn = spec.location is not None
@@ -195,8 +205,10 @@ class GenerateTask(TaskBase):
             if md.lat is None:  # the layout places the image: tell the model where
                 text = TextConditions(text.prompt, layers.with_centre(md, labels.grid))
             georef = GeoReference(crs=labels.grid.crs, transform=labels.grid.transform)
+            osm = render_osm(self.rules, labels.grid) if self.wants_osm else None
+            sources = layers.layer_sources(self.rules) + ([OSM_SOURCE] if osm is not None else [])
             return LayoutConditions(text, Labels(labels.semantic, labels.instances, labels.objects), georef,
-                                    layers.layer_sources(self.rules))  # fmt: skip
+                                    sources, osm)  # fmt: skip
         return LayoutConditions(text, None, None, [])
 
     def samples(self, indices: list[int]) -> list[ImageSample]:
@@ -218,9 +230,17 @@ class GenerateTask(TaskBase):
             return [self._scene(i, c, p, tile) for i, c, p in zip(indices, conditions, prepared)]
         return self._batch(indices, conditions, prepared)
 
+    @property
+    def wants_osm(self) -> bool:
+        """The model takes its layout as an OSM-style map (an ``osm`` control, e.g. GeoSynth-OSM)."""
+        return "osm" in getattr(self.pipe, "control_names", ())
+
     def _prepare(self, c: LayoutConditions) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         controls = dict(self.controls.tensors)
-        if c.labels is not None:
+        if c.osm is not None:
+            controls = {"osm": osm_control(c.osm), **controls}  # (1, 3, H, W) in [0, 1]
+        # The mask control: for every model but an OSM-map one without it (whose controls would refuse it).
+        if c.labels is not None and ("mask" in self.pipe.control_names or not self.wants_osm):
             controls = {"mask": encode_color(SemanticMask(c.labels.semantic, CANONICAL))[None], **controls}
         semantic = c.labels.semantic if c.labels is not None else None
         if semantic is None:

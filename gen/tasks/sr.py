@@ -7,6 +7,9 @@ overlap on sides that have a neighbour (weight 1 at the raster border, so a rast
 is exactly the untiled result). Finished rows stream to the writer: peak memory is one tile's model
 work plus a strip of ``tile × width`` pixels. Sample i super-resolves ``lr[i mod n]``; tile k of sample i
 is seeded by ``sample_seed(sample_seed(seed, i), k)``.
+
+Upscaler bundles (``rsgen model import sd-upscaler``) run at their one factor (``scale`` 4) and also see
+each tile's LR at its own resolution (nearest, so its pixels exactly), noised to ``noise_level``.
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ class SRSpec(JobOptions):
         "auto", "value scaling: auto (by dtype), uint8 (/255), reflectance (/10000), float (already 0..1)",
         choice("auto", "uint8", "reflectance", "float"),
     )  # fmt: skip
+    noise_level: int | None = option(
+        None, "upscaler models (sd-upscaler) only: noise added to the LR before the model sees it, "
+        "0..max_noise_level (default 20; more = more invented detail)", optional(integer(0)), cli=int,
+    )  # fmt: skip
     prompt: str = option("", "optional text prompt", string)
     steps: int = steps_option()
     guidance: float = guidance_option(1.0)
@@ -132,15 +139,43 @@ class SRTask(TaskBase):
         from pipelines.super_resolution import RSSuperResolutionPipeline
 
         self.attach(RSSuperResolutionPipeline, pipe)
+        self._check_upscaler()
         self.tile = self.spec.tile or self.pipe.model_card.native_size[0]
         if self.tile % self.pipe.size_multiple:
             raise FieldError("tile", f"{self.tile}: expected a multiple of {self.pipe.size_multiple} for this model")
         if self.spec.overlap >= self.tile // 2 + 1:
             raise FieldError("overlap", f"{self.spec.overlap}: must be at most half the tile ({self.tile // 2})")
 
+    def _check_upscaler(self) -> None:
+        """An upscaler bundle runs at its one factor, on tiles that start on LR pixels; others take no noise level."""
+        spec, pipe = self.spec, self.pipe
+        factor = getattr(pipe, "fixed_scale", None)
+        if factor is None:
+            if spec.noise_level is not None:
+                raise FieldError("noise_level", f"{spec.noise_level}: only upscaler models (sd-upscaler) take it")
+            return
+        if spec.scale != factor:
+            raise FieldError(
+                "scale", f"{spec.scale:g}: {pipe.model_card.name} is an upscaler that enlarges by exactly {factor} "
+                f"(its VAE decodes {factor}x the LR-sized latent); pass scale {factor}",
+            )  # fmt: skip
+        if spec.overlap % factor:
+            raise FieldError("overlap", f"{spec.overlap}: an ×{factor} upscaler needs a multiple of {factor}")
+        high = pipe.config.max_noise_level
+        if spec.noise_level is not None and spec.noise_level > high:
+            raise FieldError("noise_level", f"{spec.noise_level}: expected 0..{high} (the model's max_noise_level)")
+
     def strength(self) -> float:
         """The sampling strength: ``strength``, or the model card's ``sr_strength``."""
         return self.spec.strength if self.spec.strength is not None else self.pipe.model_card.sr_strength
+
+    def noise_level(self) -> int | None:
+        """The noise level an upscaler bundle runs at (the spec's, else the pipeline's default); None for others."""
+        if getattr(self.pipe, "fixed_scale", None) is None:
+            return None
+        from pipelines.super_resolution.pipeline_rs_sr import DEFAULT_NOISE_LEVEL
+
+        return self.spec.noise_level if self.spec.noise_level is not None else DEFAULT_NOISE_LEVEL
 
     def describe(self, index: int) -> dict[str, Any]:
         return {"lr": self.spec.lr[index % len(self.spec.lr)], "prompt": self.spec.prompt}
@@ -195,6 +230,7 @@ class SRTask(TaskBase):
             "guidance_scale": spec.guidance,
             "strength": self.strength(),
             "lr_consistency": spec.lr_consistency,
+            "noise_level": self.noise_level(),
             "output": {
                 "width": grid.width,
                 "height": grid.height,
@@ -204,11 +240,17 @@ class SRTask(TaskBase):
             **extra,
         }
 
-    def _sources(self, plan: SRPlan) -> tuple[RasterSource, RasterSource | None, RasterSource | None, list]:
+    def _sources(
+        self, plan: SRPlan
+    ) -> tuple[RasterSource, RasterSource | None, RasterSource | None, RasterSource | None, list]:
         spec, grid = self.spec, plan.grid
         lr_ds = open_raster(plan.lr, argument="lr")
         datasets = [lr_ds]
         lr = RasterSource(lr_ds, plan.bands, grid, radiometry=plan.radiometry, resampling=Resampling.cubic)
+        low_res = None
+        if getattr(self.pipe, "fixed_scale", None) is not None:  # an upscaler also reads the LR on its own grid
+            low_res = RasterSource(lr_ds, plan.bands, OutputGrid.scaled(lr_ds, 1), radiometry=plan.radiometry,
+                                   resampling=Resampling.nearest)  # fmt: skip
         ref = strength_map = None
         if spec.ref is not None:
             ref_ds = open_raster(spec.ref, argument="ref")
@@ -224,12 +266,12 @@ class SRTask(TaskBase):
                 datasets.append(map_ds)
                 strength_map = RasterSource(map_ds, [1], grid, radiometry=Radiometry("float", map_ds.dtypes[0]),
                                             resampling=Resampling.bilinear)  # fmt: skip
-        return lr, ref, strength_map, datasets
+        return lr, ref, strength_map, low_res, datasets
 
     def produce(self, index: int, plan: SRPlan, sink: RowSink) -> None:
         """Super-resolve sample ``index`` tile by tile; finished rows go to ``sink`` in the LR dtype."""
-        lr, ref, strength_map, datasets = self._sources(plan)
-        sources = [s for s in (lr, ref, strength_map) if s is not None]
+        lr, ref, strength_map, low_res, datasets = self._sources(plan)
+        sources = [s for s in (lr, ref, strength_map, low_res) if s is not None]
         try:
             grid, tile, overlap = plan.grid, plan.tile, self.spec.overlap
             rows, cols = tile_starts(grid.height, tile, overlap), tile_starts(grid.width, tile, overlap)
@@ -251,7 +293,7 @@ class SRTask(TaskBase):
             for row in rows:
                 blender.flush_until(row)
                 for col in cols:
-                    self._tile(Window(col, row, tile_w, tile_h), seed, k, lr, ref, strength_map, blender)
+                    self._tile(Window(col, row, tile_w, tile_h), seed, k, lr, ref, strength_map, blender, low_res)
                     k += 1
             blender.flush_until(grid.height)
         finally:
@@ -261,7 +303,8 @@ class SRTask(TaskBase):
                 dataset.close()
 
     def _tile(self, window: Window, seed: int, k: int, lr: RasterSource, ref: RasterSource | None,
-              strength_map: RasterSource | None, blender: Any) -> None:  # fmt: skip
+              strength_map: RasterSource | None, blender: Any,
+              low_res: RasterSource | None = None) -> None:  # fmt: skip
         spec, grid = self.spec, lr.grid
         lr_tile, lr_valid = lr.read_on_grid(window)  # (bands, th, tw), (th, tw)
         reference, strength = None, spec.ref_strength
@@ -272,6 +315,12 @@ class SRTask(TaskBase):
             if strength_map is not None:
                 base = strength_map.read_raw(window)[0].astype(np.float32)
             strength = torch.from_numpy(np.where(ref_valid, base, 0.0).astype(np.float32))[None, None]
+        extra: dict[str, Any] = {}
+        if low_res is not None:  # the tile's LR pixels: the window divided by the factor (starts are multiples of it)
+            f = self.pipe.fixed_scale
+            low_window = Window(window.col_off // f, window.row_off // f, window.width // f, window.height // f)
+            extra = {"low_res": torch.from_numpy(low_res.read_on_grid(low_window)[0])[None],
+                     "noise_level": self.noise_level()}  # fmt: skip
         result = self.pipe(
             torch.from_numpy(lr_tile)[None],
             reference=reference,
@@ -283,6 +332,7 @@ class SRTask(TaskBase):
             lr_scale=spec.scale if spec.lr_consistency else None,
             generator=sample_generators(seed, [k]),
             output_type="pt",
+            **extra,
         ).images[0]  # fmt: skip  (bands, th, tw)
         row, col = window.row_off, window.col_off
         h, w = min(window.height, grid.height - row), min(window.width, grid.width - col)

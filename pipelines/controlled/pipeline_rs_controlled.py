@@ -4,12 +4,21 @@ Components: those of the text-to-image pipeline plus ``controlnet`` (a ``MultiCo
 whose nets are listed, in order, by ``rsgen_model.json`` ``controls``, e.g. ``["mask", "canny"]``).
 Every control has its own conditioning scale and active fraction of the schedule
 (``control_guidance={"canny": (0.0, 0.6)}``). Asking for a control the bundle lacks is an error.
+``controlnet`` is optional (``[null, null]`` in model_index.json, no ``controls``): such a bundle is an
+inpainting model driven by the prompt alone (e.g. an imported SD-2 inpainting checkpoint). A ControlNet
+takes the UNet's input as its own when its ``in_channels`` match it (rsgen's inpainting bundles), else
+the noisy latent alone, as diffusers' ControlNet inpainting pipeline does for 9-channel UNets.
 
 Inpainting (``image`` + ``mask_image``) works with any of these UNets: at every step the latent
 outside the mask is replaced by the input's latent noised to that step, and after decoding the
 result is blended in pixel space, so every pixel outside the mask (and beyond ``feather_px``) is
 returned **bit-identical** to the input. Inside a feathering margin of ``feather_px`` pixels around
 the mask, generated and input pixels are cross-faded; no pixel further away is touched.
+
+Soft masks (``soft_mask``, from the card: HySCDG): ``mask_image`` may take any value in [0, 1]; an
+inpainting UNet sees it as given (no binarisation), its masked image is image × (1 − mask), and the
+output cross-fades generated and input pixels by the mask value (0 = input kept bit-exact). The card's
+``masked_image`` says in which range the masked image is formed (see :class:`pipelines.bundle.ModelCard`).
 
 Layout prior (``layout_strength`` < 1, for bundles whose card lists ``class_colors``): the ``mask``
 control is painted in each class's mean colour from the training data, VAE-encoded, noised to
@@ -27,7 +36,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, MultiControlNetModel, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderTiny,
+    ControlNetModel,
+    DiffusionPipeline,
+    MultiControlNetModel,
+    UNet2DConditionModel,
+)
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -77,7 +93,7 @@ def feather_weights(mask: torch.Tensor, feather_px: int) -> torch.Tensor:
 
 class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->metadata_encoder->controlnet->unet->vae"
-    _optional_components = ["metadata_encoder"]
+    _optional_components = ["metadata_encoder", "controlnet"]
 
     def __init__(
         self,
@@ -85,7 +101,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
-        controlnet: MultiControlNetModel,
+        controlnet: MultiControlNetModel | ControlNetModel | None,
         scheduler: KarrasDiffusionSchedulers,
         metadata_encoder: MetadataEncoder | None = None,
     ) -> None:
@@ -97,15 +113,23 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 f"unet.in_channels={unet.config.in_channels}: expected {latent} (generation) or {2 * latent + 1} "
                 "(an inpainting UNet: latent + mask + masked-image latent)"
             )
-        if not isinstance(controlnet, MultiControlNetModel):
+        if controlnet is not None and not isinstance(controlnet, MultiControlNetModel):
             controlnet = MultiControlNetModel([controlnet])
+        for index, net in enumerate(controlnet.nets if controlnet is not None else []):
+            if net.config.in_channels not in (latent, unet.config.in_channels):
+                raise ValueError(
+                    f"controlnet {index}: in_channels={net.config.in_channels}; expected {latent} (the noisy latent) "
+                    f"or the UNet's {unet.config.in_channels}"
+                )
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
             scheduler=scheduler, metadata_encoder=metadata_encoder,
         )  # fmt: skip
         self.vae_scale_factor = vae_scale_factor(self.vae)
-        self.control_names: list[str] = [f"control_{i}" for i in range(len(controlnet.nets))]
+        self.control_names: list[str] = [f"control_{i}" for i in range(len(self.control_nets))]
         self.guide_controls = False  # set from rsgen_model.json by from_bundle
+        self.soft_mask = False  # masks in [0, 1] reach an inpainting UNet as given (card 'soft_mask')
+        self.masked_image = "rsgen"  # card 'masked_image': the range the masked image is formed in
         self.layout_strength = 1.0  # default of __call__'s layout_strength; from_bundle sets the card's
 
     @classmethod
@@ -114,15 +138,22 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
     ) -> RSControlledPipeline:
         pipe = load_bundle(cls, model, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
         names = list(pipe.model_card.controls)
-        if len(names) != len(pipe.controlnet.nets):
+        if len(names) != len(pipe.control_nets):
             raise ValueError(
-                f"{model}: rsgen_model.json lists controls {names} but the bundle has {len(pipe.controlnet.nets)} "
+                f"{model}: rsgen_model.json lists controls {names} but the bundle has {len(pipe.control_nets)} "
                 "ControlNet(s); list one name per ControlNet, in order"
             )
         pipe.control_names = names
         pipe.guide_controls = bool(pipe.model_card.guide_controls)
+        pipe.soft_mask = bool(pipe.model_card.soft_mask)
+        pipe.masked_image = pipe.model_card.masked_image
         pipe.layout_strength = float(pipe.model_card.layout_strength)
         return pipe
+
+    @property
+    def control_nets(self) -> list[ControlNetModel]:
+        """The ControlNets, in the order of ``control_names`` (none for a bundle without ``controlnet``)."""
+        return list(self.controlnet.nets) if self.controlnet is not None else []
 
     @property
     def is_inpainting_model(self) -> bool:
@@ -150,6 +181,8 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> tuple[int, int, int]:
         if not controls and image is None:
+            if not self.control_names:
+                raise ValueError("controls: this model has no ControlNet; it only inpaints: pass image and mask_image")
             raise ValueError(f"controls: give at least one of this model's controls {self.control_names}")
         unknown = sorted(set(controls) - set(self.control_names))
         if unknown:
@@ -184,7 +217,10 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 raise ValueError(f"image: shape {tuple(image.shape)} must be {(batch, 3, height, width)}")
             if tuple(mask_image.shape) != (batch, 1, height, width):
                 raise ValueError(f"mask_image: shape {tuple(mask_image.shape)} must be {(batch, 1, height, width)}")
-            if not ((mask_image == 0) | (mask_image == 1)).all():
+            if self.soft_mask:
+                if not ((mask_image >= 0) & (mask_image <= 1)).all():
+                    raise ValueError("mask_image: a soft mask takes values in [0, 1] (1 = regenerate, 0 = keep)")
+            elif not ((mask_image == 0) | (mask_image == 1)).all():
                 raise ValueError("mask_image: must be binary (1 = regenerate, 0 = keep)")
         if not isinstance(feather_px, int) or feather_px < 0:
             raise ValueError(f"feather_px={feather_px!r}: expected an integer >= 0")
@@ -266,6 +302,24 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         """(B, 3, H, W) in [0, 1] -> scaled latent (B, C, h, w) (distribution mode: deterministic)."""
         return encode_latents(self.vae, image.to(self.vae.dtype) * 2 - 1)
 
+    def encode_masked_image(self, image: torch.Tensor, mask_image: torch.Tensor) -> torch.Tensor:
+        """Latent (B, C, h, w) of the masked image an inpainting UNet sees: image × (1 − mask), formed in [0, 1]
+        (``masked_image="rsgen"``: masked pixels black) or in [-1, 1] (``"diffusers"``: mid-grey, as Stable
+        Diffusion inpainting was trained). Soft masks scale the image, they are not thresholded."""
+        keep = 1 - mask_image.to(image.dtype)  # (B, 1, H, W)
+        if self.masked_image == "diffusers":
+            return encode_latents(self.vae, ((image * 2 - 1) * keep).to(self.vae.dtype))
+        return self.encode_image(image * keep)
+
+    def blend_weights(self, mask_image: torch.Tensor, feather_px: int) -> torch.Tensor:
+        """(B, 1, H, W) weight of the generated pixels in the output: :func:`feather_weights` of a binary mask;
+        a soft mask's own value where it is > 0, and the feathering ring around that support."""
+        if not self.soft_mask:
+            return feather_weights(mask_image, feather_px)
+        mask = mask_image.float()
+        support = (mask > 0).float()
+        return torch.where(support > 0, mask, feather_weights(support, feather_px))
+
     def prepare_controls(
         self, controls: Mapping[str, torch.Tensor], device: torch.device, do_cfg: bool
     ) -> dict[str, torch.Tensor]:
@@ -295,7 +349,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         ``inpaint_channels`` (nB, 1 + C, h, w): mask and masked-image latent for an inpainting UNet."""
         do_cfg = guidance_scale > 1.0
         model_in = torch.cat([latents] * 2) if do_cfg else latents  # (nB, C, h, w)
-        model_in = self.scheduler.scale_model_input(model_in, t)
+        model_in = latent_in = self.scheduler.scale_model_input(model_in, t)
         if inpaint_channels is not None:
             model_in = torch.cat([model_in, inpaint_channels], dim=1)  # (nB, 2C + 1, h, w)
         down, mid = None, None
@@ -307,8 +361,10 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 continue
             guided = do_cfg and self.guide_controls
             half = slice(model_in.shape[0] // 2, None) if guided else slice(None)  # guided: conditional half only
-            d, m = self.controlnet.nets[index](
-                model_in[half], t, encoder_hidden_states=text_embeds[half], controlnet_cond=cond_images[name][half],
+            net = self.controlnet.nets[index]
+            net_in = model_in if net.config.in_channels == model_in.shape[1] else latent_in  # (nB, C or 2C + 1, h, w)
+            d, m = net(
+                net_in[half], t, encoder_hidden_states=text_embeds[half], controlnet_cond=cond_images[name][half],
                 conditioning_scale=float(control_scales.get(name, 1.0)),
                 class_labels=None if metadata_embeds is None else metadata_embeds[half], return_dict=False,
             )  # fmt: skip
@@ -381,8 +437,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         cond_images = self.prepare_controls(controls, device, do_cfg)  # name -> (nB, 3, H, W)
         known_latent = inpaint_channels = None
         if image is not None and self.is_inpainting_model:  # the UNet itself sees mask + masked image
-            keep = image.to(device) * (1 - mask_image.to(device))  # (B, 3, H, W), region blanked
-            masked_latent = self.encode_image(keep)  # (B, C, h, w)
+            masked_latent = self.encode_masked_image(image.to(device), mask_image.to(device))  # (B, C, h, w)
             small_mask = F.interpolate(mask_image.to(device, dtype), size=masked_latent.shape[-2:])  # (B, 1, h, w)
             inpaint_channels = torch.cat([small_mask, masked_latent.to(dtype)], dim=1)  # (B, 1 + C, h, w)
             inpaint_channels = torch.cat([inpaint_channels] * 2) if do_cfg else inpaint_channels
@@ -441,7 +496,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             decoded = self.decode_latents(latents)  # (B, 3, H, W)
             if image is not None:
                 original = image.to(decoded.device, torch.float32)
-                weights = feather_weights(mask_image.to(decoded.device), feather_px)  # (B, 1, H, W)
+                weights = self.blend_weights(mask_image.to(decoded.device), feather_px)  # (B, 1, H, W)
                 blended = weights * decoded + (1 - weights) * original
                 decoded = torch.where(weights > 0, blended, original)  # exact input outside the blend
             images = decoded if output_type == "pt" else decoded.permute(0, 2, 3, 1).cpu().numpy()

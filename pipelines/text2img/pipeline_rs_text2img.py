@@ -4,7 +4,12 @@ Components: ``vae`` (AutoencoderKL or AutoencoderTiny), ``text_encoder`` + ``tok
 (UNet2DConditionModel), ``scheduler`` (any diffusers scheduler) and, optionally,
 ``metadata_encoder`` (:class:`conditions.MetadataEncoder`). With a metadata encoder the UNet has
 ``class_embed_type="identity"`` and the metadata embedding is added to its time embedding.
-Without one the pipeline runs plain Stable-Diffusion-style bundles.
+Without one the pipeline runs plain Stable-Diffusion-style bundles. DiffusionSat bundles carry a
+:class:`conditions.metadata_encoder.DiffusionSatMetadataEncoder` on the same path.
+
+A UNet whose own class embedding takes labels (``class_embed_type="timestep"``) is driven by the card's
+``class_labels``: ``"text2earth_level"`` passes the Google zoom level nearest each sample's GSD (Text2Earth),
+the null level 0 in the unconditional half of guidance and for a sample without a GSD.
 
 Classifier-free guidance is joint over text and metadata: the unconditional branch uses the
 negative prompt and the all-unknown (null) metadata.
@@ -32,11 +37,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from conditions.metadata import Metadata
-from conditions.metadata_encoder import MetadataEncoder
+from conditions.metadata_adapters import gsd_to_text2earth_level
+from conditions.metadata_encoder import DiffusionSatMetadataEncoder, MetadataEncoder
 from pipelines.bundle import ModelCard, load_bundle, resolve_bundle
 from pipelines.conditioning import (
+    CLASS_LABEL_KINDS,
     TextMetadataConditioningMixin,
     check_metadata_components,
+    class_labels_from_metadata,
     scheduler_step_kwargs,
     vae_scale_factor,
 )
@@ -66,10 +74,10 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
-        metadata_encoder: MetadataEncoder | None = None,
+        metadata_encoder: MetadataEncoder | DiffusionSatMetadataEncoder | None = None,
     ) -> None:
         super().__init__()
-        check_metadata_components(unet, metadata_encoder)
+        check_metadata_components(unet, metadata_encoder, class_labels=True)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -110,9 +118,31 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 f"{model}: rsgen_model.json 'metadata' ({card_schema}) disagrees with the metadata_encoder "
                 f"config ({encoder_schema}); regenerate rsgen_model.json from the encoder"
             )
+        kind, embed_type = pipe.model_card.class_labels, pipe.unet.config.class_embed_type
+        if kind is not None and (kind not in CLASS_LABEL_KINDS or embed_type != "timestep"):
+            raise ValueError(
+                f"{model}: rsgen_model.json class_labels={kind!r} needs one of {CLASS_LABEL_KINDS} and a UNet with "
+                f"class_embed_type='timestep' (this one has {embed_type!r})"
+            )
+        if kind is None and embed_type == "timestep":
+            raise ValueError(
+                f"{model}: the UNet takes class_labels (class_embed_type='timestep') but rsgen_model.json says "
+                f"nothing about them; set its 'class_labels' to one of {CLASS_LABEL_KINDS}"
+            )
         return pipe
 
     # ------------------------------------------------------------------ properties
+    @property
+    def class_labels_kind(self) -> str | None:
+        """What the UNet's own class embedding takes (rsgen_model.json 'class_labels'), or None."""
+        card = getattr(self, "model_card", None)
+        return card.class_labels if card is not None else None
+
+    @property
+    def has_metadata(self) -> bool:
+        """The model is conditioned on metadata: through a metadata encoder, or its GSD as class labels."""
+        return self.metadata_encoder is not None or self.class_labels_kind is not None
+
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (VAE factor × UNet down-sampling)."""
@@ -166,8 +196,16 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 "metadata: this model has no metadata conditioning (no metadata_encoder in the bundle), so the "
                 "metadata would be ignored; drop it or use a metadata-conditioned bundle"
             )
-        if self.has_metadata:
+        if self.metadata_encoder is not None:
             self.metadata_encoder.prepare(records)  # raises MetadataError on out-of-schema values
+        if self.class_labels_kind is None and self.unet.config.class_embed_type == "timestep":
+            raise ValueError(
+                "this UNet takes class_labels (class_embed_type='timestep') but the pipeline has no model card saying "
+                f"what they are; load it with from_bundle, or set pipe.model_card.class_labels to one of "
+                f"{CLASS_LABEL_KINDS}"
+            )
+        if self.class_labels_kind is not None:
+            self._check_class_label_inputs(prompts, records)
         if negative_prompt is not None:
             negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
             if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
@@ -204,6 +242,32 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             )
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents: shape {tuple(latents.shape)} does not match the expected {shape}")
+
+    def _check_class_label_inputs(self, prompts: list[str], records: list[Metadata | None]) -> None:
+        """Text2Earth: the GSD maps to a level 10..18; its text tag must not reach the text encoder."""
+        if self.class_labels_kind not in CLASS_LABEL_KINDS:
+            raise ValueError(
+                f"rsgen_model.json class_labels={self.class_labels_kind!r}: expected one of {CLASS_LABEL_KINDS}"
+            )
+        tagged = [p for p in prompts if "_GOOGLE_LEVEL_" in p]
+        if tagged:
+            raise ValueError(
+                f"prompt {tagged[0]!r}: rsgen sets Text2Earth's resolution level from the GSD (--gsd / metadata.gsd); "
+                "drop the '{level}_GOOGLE_LEVEL_' prefix from the prompt"
+            )
+        for record in records:
+            if record is not None and record.gsd is not None:
+                gsd_to_text2earth_level(record.gsd)  # raises MetadataError outside 0.35..181 m/px
+        if any(r is None or r.gsd is None for r in records):
+            logger.warning(
+                "Text2Earth: no GSD for some samples; they get the null resolution level 0 (resolution unspecified, "
+                "as in Text2Earth's own pipeline without a level prefix); pass --gsd to choose a resolution"
+            )
+        given = {k for r in records if r is not None for k, v in r.numeric_fields().items() if v is not None}
+        given |= {"sensor"} if any(r is not None and r.sensor for r in records) else set()
+        ignored = sorted(given - {"gsd"})
+        if ignored:
+            logger.info("Text2Earth is conditioned on the GSD only; %s are recorded, not used", ", ".join(ignored))
 
     # ------------------------------------------------------------------ 2. encode conditions
 
@@ -280,6 +344,8 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         # 2. Encode conditions
         text_embeds = self.encode_prompt(prompts, negatives, device, do_cfg)  # (nB, L, D)
         metadata_embeds = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
+        if self.class_labels_kind is not None:  # the UNet's own class embedding (Text2Earth: level, 0 = null)
+            metadata_embeds = class_labels_from_metadata(self.class_labels_kind, records, device, do_cfg)  # (nB,)
 
         # 3. Timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
