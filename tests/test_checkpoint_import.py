@@ -70,3 +70,29 @@ def test_hub_models_that_rsgen_cannot_import_are_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"hub:lcybuaa/Text2Earth: could not download it .*rsgen model import"):
         import_from_hub("lcybuaa/Text2Earth")
     assert not (tmp_path / "imported" / "lcybuaa--Text2Earth").exists()
+
+
+def test_hub_import_puts_a_controlnet_beside_its_base(tmp_path, monkeypatch):
+    """`--model hub:MVRL/GeoSynth-OSM` downloads the ControlNet and the SD-2.1 base it runs on and imports them in
+    the layout `rsgen model import geosynth` expects, once (the downloads are replaced by local replica folders:
+    no network here; the replicas are real tiny models)."""
+    import pipelines.checkpoints as checkpoints
+    from pipelines.bundle import ModelCard
+    from tests.replica_geosynth import build_base, build_controlnet
+
+    snapshots = {"MVRL/GeoSynth-OSM": build_controlnet(tmp_path / "snap" / "c", "osm"),
+                 "stabilityai/stable-diffusion-2-1-base": build_base(tmp_path / "snap" / "b")}  # fmt: skip
+    calls = []
+
+    def download(repo, allow_pickle):
+        calls.append(repo)
+        return snapshots[repo]
+
+    monkeypatch.setattr(checkpoints, "_download", download)
+    monkeypatch.setenv("RSGEN_CACHE", str(tmp_path / "cache"))
+    bundle = resolve_bundle("hub:MVRL/GeoSynth-OSM")
+    assert bundle == tmp_path / "cache" / "imported" / "MVRL--GeoSynth-OSM"
+    card = ModelCard.read(bundle)
+    assert card.kind == "geosynth" and card.controls == ["osm"]
+    assert calls == ["MVRL/GeoSynth-OSM", "stabilityai/stable-diffusion-2-1-base"]
+    assert resolve_bundle("hub:MVRL/GeoSynth-OSM") == bundle and len(calls) == 2  # imported once
