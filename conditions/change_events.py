@@ -165,15 +165,126 @@ def building_instances(semantic: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def simulate_change(
-    semantic: np.ndarray,
-    gsd: float,
-    config: ChangeConfig,
-    rng: np.random.Generator,
-    instances: np.ndarray | None = None,
-) -> ChangeResult:
-    """Apply seeded change events to a canonical semantic mask until ``config.change_fraction`` of its
-    valid pixels changed (or ``max_tries`` is spent)."""
+@dataclass
+class _Simulation:
+    """The layout being changed and what every event draws on: one object, passed to the event functions."""
+
+    sem: np.ndarray  # (H, W) canonical ids, updated in place
+    inst: np.ndarray  # (H, W) int32 building instance ids, updated in place
+    changed: np.ndarray  # (H, W) bool: pixels some event already changed (never changed twice)
+    gsd: float
+    config: ChangeConfig
+    rng: np.random.Generator
+    sizes: list[float]  # side lengths (m) of the existing buildings
+    orientations: Orientations
+    roads: Roads
+    setback_px: float
+    size_scale: float  # <= 1: footprints at most 0.4 of the layout's shorter side
+    events: list[ChangeEvent] = field(default_factory=list)
+
+    def unchanged_buildings(self) -> list[int]:
+        return [i for i in np.unique(self.inst[(self.inst > 0) & ~self.changed]) if i]
+
+
+def _add_building(s: _Simulation) -> np.ndarray | None:
+    config, rng, gsd = s.config, s.rng, s.gsd
+    height, width = s.sem.shape
+    side = (lambda: float(rng.choice(s.sizes)) * rng.uniform(0.8, 1.25)) if len(s.sizes) >= 3 else (
+        lambda: rng.uniform(config.min_size_m, config.max_size_m))  # fmt: skip
+    w = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
+    h = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
+    if s.size_scale < 1:
+        w, h = w * s.size_scale, h * s.size_scale
+    cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+    place = align_footprint(cx, cy, h, s.orientations, s.roads, s.setback_px)
+    poly = footprint(rng, place.cx, place.cy, w, h, place.angle)
+    pixels = features.rasterize([(poly, 1)], out_shape=s.sem.shape, dtype=np.uint8).astype(bool)
+    if not pixels.any() or s.changed[pixels].any():
+        return None
+    if not config.allow_overlap and (
+        np.isin(s.sem[pixels], list(NOT_BUILDABLE)).any() or not keeps_setback(pixels, s.roads, s.setback_px)
+    ):
+        return None
+    pixels &= (s.sem != BUILDING) & (s.sem != IGNORE)  # never over ignore pixels, even with allow_overlap
+    if not pixels.any():
+        return None
+    new_id = int(s.inst.max()) + 1
+    for src in np.unique(s.sem[pixels]):  # one event per class replaced, so from->to is exact
+        s.events.append(_event("add_building", int(src), BUILDING, pixels & (s.sem == src), gsd, new_id))
+        s.events[-1].aligned_with = place.reference
+    s.sem[pixels], s.inst[pixels] = BUILDING, new_id
+    s.orientations.add(place.cx, place.cy, place.angle, float(pixels.sum()))
+    return pixels
+
+
+def _remove_building(s: _Simulation) -> np.ndarray | None:
+    ids = s.unchanged_buildings()
+    if not ids:
+        return None
+    victim = int(s.rng.choice(ids))
+    pixels = (s.inst == victim) & ~s.changed & (s.sem == BUILDING)
+    if not pixels.any():
+        return None
+    s.sem[pixels], s.inst[pixels] = BARE, 0
+    s.events.append(_event("remove_building", BUILDING, BARE, pixels, s.gsd, victim))
+    return pixels
+
+
+def _resize_building(s: _Simulation, kind: str) -> np.ndarray | None:
+    """``expand_building`` (grow by 1-3 m onto buildable land) or ``shrink_building`` (lose a 1-3 m rim)."""
+    ids = s.unchanged_buildings()
+    if not ids:
+        return None
+    target_id = int(s.rng.choice(ids))
+    body = s.inst == target_id
+    radius = max(1, round(s.rng.uniform(1.0, 3.0) / s.gsd))
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
+    if kind == "expand_building":
+        grown = cv2.dilate(body.astype(np.uint8), kernel).astype(bool)
+        pixels = grown & ~body & ~s.changed & ~np.isin(s.sem, list(NOT_BUILDABLE))
+        if not pixels.any():
+            return None
+        for src in np.unique(s.sem[pixels]):
+            s.events.append(_event(kind, int(src), BUILDING, pixels & (s.sem == src), s.gsd, target_id))
+        s.sem[pixels], s.inst[pixels] = BUILDING, target_id
+        return pixels
+    core = cv2.erode(body.astype(np.uint8), kernel).astype(bool)
+    pixels = body & ~core & ~s.changed
+    if not core.any() or not pixels.any():  # too small to shrink: it would vanish
+        return None
+    s.sem[pixels], s.inst[pixels] = BARE, 0
+    s.events.append(_event(kind, BUILDING, BARE, pixels, s.gsd, target_id))
+    return pixels
+
+
+def _transition(s: _Simulation) -> np.ndarray | None:
+    """Part of a connected region of class A becomes class B (the ``transitions`` table)."""
+    config, rng = s.config, s.rng
+    options = [(CANONICAL.class_by_name(a).id, CANONICAL.class_by_name(b).id) for a, b in config.transitions.items()]
+    options = [(a, b) for a, b in options if ((s.sem == a) & ~s.changed).any()]
+    if not options:
+        return None
+    src, dst = options[int(rng.integers(len(options)))]
+    count, regions = cv2.connectedComponents(((s.sem == src) & ~s.changed).astype(np.uint8), connectivity=4)
+    region = regions == int(rng.integers(1, count))
+    ys, xs = np.nonzero(region)
+    side = rng.uniform(config.min_size_m, config.max_size_m * 2) / s.gsd * s.size_scale
+    cx, cy = float(xs[int(rng.integers(len(xs)))]), float(ys[int(rng.integers(len(ys)))])
+    box = shapely.box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    pixels = features.rasterize([(box, 1)], out_shape=s.sem.shape, dtype=np.uint8).astype(bool) & region
+    if not pixels.any():
+        return None
+    s.sem[pixels] = dst
+    if dst == BUILDING:
+        s.inst[pixels] = int(s.inst.max()) + 1
+    elif src == BUILDING:
+        s.inst[pixels] = 0
+    s.events.append(_event("transition", src, dst, pixels, s.gsd, None))
+    return pixels
+
+
+def _check_layout(semantic: np.ndarray, gsd: float, instances: np.ndarray | None) -> np.ndarray:
+    """The valid (non-ignore) pixels of a layout the events can act on."""
     if semantic.ndim != 2:
         raise ChangeError(f"semantic: expected an (H, W) mask, got shape {semantic.shape}")
     if not gsd > 0:
@@ -183,117 +294,53 @@ def simulate_change(
     valid = semantic != IGNORE
     if not valid.any():
         raise ChangeError("semantic: the layout is empty (every pixel is ignore); nothing can change")
-    before = semantic.copy()
+    return valid
+
+
+def simulate_change(
+    semantic: np.ndarray,
+    gsd: float,
+    config: ChangeConfig,
+    rng: np.random.Generator,
+    instances: np.ndarray | None = None,
+) -> ChangeResult:
+    """Apply seeded change events to a canonical semantic mask until ``config.change_fraction`` of its
+    valid pixels changed (or ``max_tries`` is spent)."""
+    valid = _check_layout(semantic, gsd, instances)
     sem = semantic.copy()
     inst = building_instances(sem) if instances is None else instances.astype(np.int32).copy()
-    changed = np.zeros(sem.shape, dtype=bool)
-    events: list[ChangeEvent] = []
-    names = list(config.events)
-    probs = np.array([config.events[n] for n in names], dtype=float)
-    probs /= probs.sum()
-    target = config.change_fraction * valid.sum()
     height, width = sem.shape
-    sizes = _building_sizes(inst, gsd)
-    orientations = Orientations(inst)
-    roads = Roads(sem, gsd)
-    setback_px = 0.0 if config.allow_overlap else config.road_setback_m / gsd
     # Footprints at most 0.4 of the layout's shorter side: small or fine-GSD layouts scale building and transition
     # sizes down.
     size_scale = min(1.0, 0.4 * min(height, width) * gsd / config.max_size_m)
     if size_scale < 1:
         logger.debug("layout %dx%d at %s m: footprint/transition sizes scaled by %.3f", height, width, gsd, size_scale)
+    s = _Simulation(
+        sem, inst, np.zeros(sem.shape, dtype=bool), gsd, config, rng, _building_sizes(inst, gsd), Orientations(inst),
+        Roads(sem, gsd), 0.0 if config.allow_overlap else config.road_setback_m / gsd, size_scale,
+    )  # fmt: skip
+    names = list(config.events)
+    probs = np.array([config.events[n] for n in names], dtype=float)
+    probs /= probs.sum()
+    target = config.change_fraction * valid.sum()
     for _ in range(config.max_tries):
-        if changed.sum() >= target:
+        if s.changed.sum() >= target:
             break
         kind = names[int(rng.choice(len(names), p=probs))]
         if kind == "add_building":
-            side = (lambda: float(rng.choice(sizes)) * rng.uniform(0.8, 1.25)) if len(sizes) >= 3 else (
-                lambda: rng.uniform(config.min_size_m, config.max_size_m))  # fmt: skip
-            w = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
-            h = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
-            if size_scale < 1:
-                w, h = w * size_scale, h * size_scale
-            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-            place = align_footprint(cx, cy, h, orientations, roads, setback_px)
-            poly = footprint(rng, place.cx, place.cy, w, h, place.angle)
-            pixels = features.rasterize([(poly, 1)], out_shape=sem.shape, dtype=np.uint8).astype(bool)
-            if not pixels.any() or changed[pixels].any():
-                continue
-            if not config.allow_overlap and (
-                np.isin(sem[pixels], list(NOT_BUILDABLE)).any() or not keeps_setback(pixels, roads, setback_px)
-            ):
-                continue
-            pixels &= (sem != BUILDING) & (sem != IGNORE)  # never over ignore pixels, even with allow_overlap
-            if not pixels.any():
-                continue
-            new_id = int(inst.max()) + 1
-            for src in np.unique(sem[pixels]):  # one event per class replaced, so from->to is exact
-                part = pixels & (sem == src)
-                events.append(_event(kind, int(src), BUILDING, part, gsd, new_id))
-                events[-1].aligned_with = place.reference
-            sem[pixels], inst[pixels] = BUILDING, new_id
-            orientations.add(place.cx, place.cy, place.angle, float(pixels.sum()))
+            pixels = _add_building(s)
         elif kind == "remove_building":
-            ids = [i for i in np.unique(inst[(inst > 0) & ~changed]) if i]
-            if not ids:
-                continue
-            victim = int(rng.choice(ids))
-            pixels = (inst == victim) & ~changed & (sem == BUILDING)
-            if not pixels.any():
-                continue
-            sem[pixels], inst[pixels] = BARE, 0
-            events.append(_event(kind, BUILDING, BARE, pixels, gsd, victim))
+            pixels = _remove_building(s)
         elif kind in ("expand_building", "shrink_building"):
-            ids = [i for i in np.unique(inst[(inst > 0) & ~changed]) if i]
-            if not ids:
-                continue
-            target_id = int(rng.choice(ids))
-            body = inst == target_id
-            radius = max(1, round(rng.uniform(1.0, 3.0) / gsd))
-            kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
-            if kind == "expand_building":
-                grown = cv2.dilate(body.astype(np.uint8), kernel).astype(bool)
-                pixels = grown & ~body & ~changed & ~np.isin(sem, list(NOT_BUILDABLE))
-                if not pixels.any():
-                    continue
-                for src in np.unique(sem[pixels]):
-                    events.append(_event(kind, int(src), BUILDING, pixels & (sem == src), gsd, target_id))
-                sem[pixels], inst[pixels] = BUILDING, target_id
-            else:
-                core = cv2.erode(body.astype(np.uint8), kernel).astype(bool)
-                pixels = body & ~core & ~changed
-                if not core.any() or not pixels.any():  # too small to shrink: it would vanish
-                    continue
-                sem[pixels], inst[pixels] = BARE, 0
-                events.append(_event(kind, BUILDING, BARE, pixels, gsd, target_id))
+            pixels = _resize_building(s, kind)
         else:
-            options = [
-                (CANONICAL.class_by_name(a).id, CANONICAL.class_by_name(b).id) for a, b in config.transitions.items()
-            ]
-            options = [(a, b) for a, b in options if ((sem == a) & ~changed).any()]
-            if not options:
-                continue
-            src, dst = options[int(rng.integers(len(options)))]
-            count, regions = cv2.connectedComponents(((sem == src) & ~changed).astype(np.uint8), connectivity=4)
-            region = regions == int(rng.integers(1, count))
-            ys, xs = np.nonzero(region)
-            side = rng.uniform(config.min_size_m, config.max_size_m * 2) / gsd * size_scale
-            cx, cy = float(xs[int(rng.integers(len(xs)))]), float(ys[int(rng.integers(len(ys)))])
-            box = shapely.box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-            pixels = features.rasterize([(box, 1)], out_shape=sem.shape, dtype=np.uint8).astype(bool) & region
-            if not pixels.any():
-                continue
-            sem[pixels] = dst
-            if dst == BUILDING:
-                inst[pixels] = int(inst.max()) + 1
-            elif src == BUILDING:
-                inst[pixels] = 0
-            events.append(_event(kind, src, dst, pixels, gsd, None))
-        changed |= pixels
-        if (roads.present and (before[pixels] == ROAD).any()) or (sem[pixels] == ROAD).any():
-            roads.update(sem)  # a road appeared or was built over: distances and directions change
-    change_mask = sem != before
-    return ChangeResult(sem, inst, events, change_mask)
+            pixels = _transition(s)
+        if pixels is None:
+            continue
+        s.changed |= pixels
+        if (s.roads.present and (semantic[pixels] == ROAD).any()) or (sem[pixels] == ROAD).any():
+            s.roads.update(sem)  # a road appeared or was built over: distances and directions change
+    return ChangeResult(sem, inst, s.events, sem != semantic)
 
 
 def rasterize_events(events: list[ChangeEvent], shape_hw: tuple[int, int]) -> np.ndarray:

@@ -6,12 +6,15 @@ formats read change data only through :func:`iter_change_pairs`.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 
 from conditions.change_events import ChangeEvent
 from conditions.palettes import get_palette
@@ -56,9 +59,11 @@ class ChangePairView:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width) in pixels."""
-        height, width = read_raster(self.semantic_a).shape[:2]
-        return height, width
+        """(height, width) in pixels (from the layout's header: no pixels are read)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(self.semantic_a) as src:
+                return src.height, src.width
 
 
 def pair_rng(pair_id: str) -> np.random.Generator:

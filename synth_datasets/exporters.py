@@ -106,7 +106,7 @@ def _export_hf_sequences(ds: RsgenDataset, out: Path, shard_size: int) -> list[P
             rows["changes"].append([png(f"label{p['from']:03d}_{p['to']:03d}") for p in record["pairs"]])
             rows["pairs"].append(json.dumps(record["pairs"]))
             rows["events"].append(json.dumps(record["events"]))
-            rows["caption"].append(sample.caption)
+            rows["caption"].append((record["pairs"][-1]["captions"] or [""])[0])  # sample.caption, the record read once
             rows["provenance"].append(json.dumps(record["provenance"], sort_keys=True))
         path = out / "data" / f"train-{k:05d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -199,3 +199,43 @@ def test_overlapping_buildings_never_cover_ignore_pixels():
         result = simulate_change(semantic, 0.05, config, np.random.default_rng(seed))
         assert result.events and (result.semantic[semantic == IGNORE] == IGNORE).all()
         assert np.array_equal(result.change_mask, rasterize_events(result.events, semantic.shape))
+
+
+KNOWN_EVENTS = {  # sha256[:16] of (events, layouts before/after, instances, change mask) for seed 0, pinned at 4f1f5fb
+    "levir_test_7/default": "f2089bf8cc4031ae", "levir_test_7/all": "423c3312a51adaf3",
+    "levir_test_7/overlap": "dee44f2687fad0a8", "levir_test_102/default": "dbafda3b5544f7a4",
+    "levir_test_102/all": "41e6ae72f17e843f", "levir_test_102/overlap": "a739e80ac7b25b60",
+    "loveda_0/default": "e0aba58a6136149a", "loveda_0/all": "b6d298d153b6adcf", "loveda_0/overlap": "cd23923a90caf04b",
+    "loveda_1/default": "26a027a5688fb52e", "loveda_1/all": "870bde7ab4bf65c2", "loveda_1/overlap": "d4fc5ed267b1692f",
+    "potsdam/default": "5adb462c4e59840e", "potsdam/all": "bdbfa012bc61d422", "potsdam/overlap": "5adb462c4e59840e",
+}  # fmt: skip
+
+
+def test_known_answers_pin_the_events_on_real_layouts():
+    """Every event type on five real 512² layouts (LEVIR-CD, LoveDA, Potsdam): the simulator's output is pinned
+    exactly, so a refactor or an optimisation must keep every event, label and instance."""
+    import hashlib
+    import json
+
+    layouts = {}
+    for name in ("test_7", "test_102"):
+        mask = read_mask(shared_file(f"change/levir_cd_1024/label/{name}.png"), "levir")
+        layouts[f"levir_{name}"] = (mask.palette.to_canonical(mask.ids[:512, :512]), 0.5)
+    for k, (rows, cols) in enumerate([(slice(0, 512), slice(0, 512)), (slice(512, None), slice(512, None))]):
+        mask = read_mask(shared_file(f"seg/loveda/masks/{k}.png"), "loveda")
+        layouts[f"loveda_{k}"] = (mask.palette.to_canonical(mask.ids[rows, cols]), 0.3)
+    mask = read_mask(shared_file("seg/potsdam/masks/2_10_0_0_512_512.png"), "potsdam")
+    layouts["potsdam"] = (mask.palette.to_canonical(mask.ids), 0.05)
+    all_events = {"add_building": 0.3, "remove_building": 0.2, "expand_building": 0.2, "shrink_building": 0.1,
+                  "transition": 0.2}  # fmt: skip
+    configs = {"default": ChangeConfig(change_fraction=0.1),
+               "all": ChangeConfig(change_fraction=0.15, events=all_events),
+               "overlap": ChangeConfig(change_fraction=0.05, allow_overlap=True, road_setback_m=0)}  # fmt: skip
+    got = {}
+    for name, (semantic, gsd) in layouts.items():
+        for label, config in configs.items():
+            r = simulate_change(semantic, gsd, config, np.random.default_rng(0))
+            record = json.dumps([e.to_dict() for e in r.events], sort_keys=True, default=str).encode()
+            data = record + semantic.tobytes() + r.semantic.tobytes() + r.instances.astype(np.int32).tobytes()
+            got[f"{name}/{label}"] = hashlib.sha256(data + r.change_mask.tobytes()).hexdigest()[:16]
+    assert got == KNOWN_EVENTS

@@ -98,11 +98,12 @@ class TimeSeriesTask(ChangePairsTask):
             images.append(image)
             distractors.append(applied)
         height, width = t1.semantic.shape
+        changes = {(a, b): chain.change(a, b) for a, b in date_pairs(spec.num_dates)}
         pairs = []
-        for a, b in date_pairs(spec.num_dates):
+        for (a, b), change in changes.items():
             events = chain.events(a, b)
             pseudo = any(distractors[t] for t in (a, b))
-            pairs.append({"from": a, "to": b, "changed_fraction": float(chain.change(a, b).mean()),
+            pairs.append({"from": a, "to": b, "changed_fraction": float(change.mean()),
                           "captions": change_captions(events, width, height, rng, distractors=pseudo),
                           "qa": change_qa(events, width, height, t1.gsd)})  # fmt: skip
         text = TextConditions(spec.prompt, t1.metadata)
@@ -116,7 +117,6 @@ class TimeSeriesTask(ChangePairsTask):
             "distractors": distractors,
             "provenance": provenance,
         }
-        changes = {(a, b): chain.change(a, b) for a, b in date_pairs(spec.num_dates)}
         return TimeSeriesSample(images, chain.semantics, changes, rec, t1.georef)
 
     def simulate(self, t1: LayoutT1, rng: np.random.Generator) -> Chain:

@@ -26,7 +26,13 @@ from pipelines.bundle import PICKLE_SUFFIXES, BundleError, ModelCard
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers' and transformers' weight file stems
+# The components every Stable-Diffusion-layout bundle has: name -> (library, class) in model_index.json.
+SD_COMPONENTS = {
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "unet": ("diffusers", "UNet2DConditionModel"),
+}
 CONFIG_SUFFIXES = (".json", ".txt", ".model")  # tokenizer / scheduler / config files copied as they are
 MAX_NAMED_KEYS = 12
 
@@ -160,6 +166,12 @@ def write_model_index(dest: Path, pipeline: str, components: Mapping[str, tuple[
     index: dict[str, Any] = {"_class_name": pipeline, "_diffusers_version": _diffusers_version()}
     index.update({name: list(spec) if spec else [None, None] for name, spec in components.items()})
     return atomic_write_text(dest / "model_index.json", json.dumps(index, indent=2) + "\n")
+
+
+def native_size(unet: Any, vae: Any) -> tuple[int, int]:
+    """(height, width) in pixels a UNet was trained at: its latent ``sample_size`` times the VAE's downscale."""
+    side = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    return side, side
 
 
 def _diffusers_version() -> str:

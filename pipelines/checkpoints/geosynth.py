@@ -33,11 +33,13 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
 from pipelines.bundle import ModelCard
 from pipelines.checkpoints.common import (
+    SD_COMPONENTS,
     CheckpointError,
     Importer,
     copy_config_files,
     load_exact,
     load_text_encoder,
+    native_size,
     save_component,
     vae_key,
     write_model_index,
@@ -178,15 +180,12 @@ def run(src: Path, staging: Path, allow_pickle: bool) -> ModelCard:
     copy_config_files(base / "tokenizer", staging / "tokenizer")
     copy_config_files(base / "scheduler", staging / "scheduler")
     write_model_index(staging, "RSControlledPipeline", {
-        "vae": ("diffusers", "AutoencoderKL"), "text_encoder": ("transformers", "CLIPTextModel"),
-        "tokenizer": ("transformers", "CLIPTokenizer"), "unet": ("diffusers", "UNet2DConditionModel"),
-        "controlnet": ("diffusers", "MultiControlNetModel"), "scheduler": ("diffusers", scheduler_class),
-        "metadata_encoder": None,
+        **SD_COMPONENTS, "controlnet": ("diffusers", "MultiControlNetModel"),
+        "scheduler": ("diffusers", scheduler_class), "metadata_encoder": None,
     })  # fmt: skip
-    size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
     return ModelCard(
         name=f"geosynth-{control}",
-        native_size=(size, size),
+        native_size=native_size(unet, vae),
         gsd_range=(0.2, 0.6),
         controls=[control],
         kind=KIND,

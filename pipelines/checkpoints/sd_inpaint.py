@@ -28,12 +28,14 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from pipelines.bundle import ModelCard
 from pipelines.checkpoints.common import (
+    SD_COMPONENTS,
     CheckpointError,
     Importer,
     component_state,
     copy_config_files,
     load_exact,
     load_text_encoder,
+    native_size,
     save_component,
     vae_key,
     write_model_index,
@@ -115,20 +117,15 @@ def import_inpainting_folder(src: Path, staging: Path, *, allow_pickle: bool) ->
         save_component(module, staging, name)
     copy_config_files(src / "tokenizer", staging / "tokenizer")
     copy_config_files(src / "scheduler", staging / "scheduler")
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    size = int(unet.config.sample_size) * scale
     logger.info("%s: %s with a %d-channel UNet, %s scheduler", src, index["_class_name"], unet.config.in_channels,
                 scheduler)  # fmt: skip
-    return InpaintingParts(unet, vae, scheduler, (size, size))
+    return InpaintingParts(unet, vae, scheduler, native_size(unet, vae))
 
 
 def model_index_components(parts: InpaintingParts, *, controlnet: bool) -> dict[str, tuple[str, str] | None]:
     """The bundle's model_index.json components (RSControlledPipeline)."""
     return {
-        "vae": ("diffusers", "AutoencoderKL"),
-        "text_encoder": ("transformers", "CLIPTextModel"),
-        "tokenizer": ("transformers", "CLIPTokenizer"),
-        "unet": ("diffusers", "UNet2DConditionModel"),
+        **SD_COMPONENTS,
         "controlnet": ("diffusers", "MultiControlNetModel") if controlnet else None,
         "scheduler": ("diffusers", parts.scheduler_class),
         "metadata_encoder": None,

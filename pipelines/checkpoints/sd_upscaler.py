@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from core.atomic import atomic_write_text
 from pipelines.bundle import ModelCard
 from pipelines.checkpoints.common import (
+    SD_COMPONENTS,
     CheckpointError,
     Importer,
     copy_config_files,
@@ -47,10 +48,7 @@ SCALING_FACTOR = 0.08333  # x4-upscaling.yaml scale_factor; diffusers forces it 
 DEFAULT_MAX_NOISE_LEVEL = 350  # x4-upscaling.yaml low_scale_config.max_noise_level
 SCALE = 4  # the VAE's three levels: the latent (and the LR) is a quarter of the output
 COMPONENTS = {  # name -> (library, class) in the source's model_index.json; the scheduler class may vary
-    "vae": ("diffusers", "AutoencoderKL"),
-    "text_encoder": ("transformers", "CLIPTextModel"),
-    "tokenizer": ("transformers", "CLIPTokenizer"),
-    "unet": ("diffusers", "UNet2DConditionModel"),
+    **SD_COMPONENTS,
     "scheduler": ("diffusers", None),
     "low_res_scheduler": ("diffusers", "DDPMScheduler"),
 }
@@ -156,8 +154,7 @@ def run(src: Path, staging: Path, allow_pickle: bool) -> ModelCard:
     for name in ("tokenizer", "scheduler", "low_res_scheduler"):
         copy_config_files(src / name, staging / name)
     index_path = write_model_index(staging, "RSSuperResolutionPipeline", {
-        "vae": COMPONENTS["vae"], "text_encoder": COMPONENTS["text_encoder"], "tokenizer": COMPONENTS["tokenizer"],
-        "unet": COMPONENTS["unet"], "controlnet": None, "scheduler": ("diffusers", scheduler_cls),
+        **SD_COMPONENTS, "controlnet": None, "scheduler": ("diffusers", scheduler_cls),
         "metadata_encoder": None, "low_res_scheduler": COMPONENTS["low_res_scheduler"],
     })  # fmt: skip
     bundle_index = json.loads(index_path.read_text())

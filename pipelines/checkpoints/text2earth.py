@@ -14,7 +14,6 @@ safetensors; the authors' ``.py`` file is not copied.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from pipelines.bundle import ModelCard
 from pipelines.checkpoints.common import (
+    SD_COMPONENTS,
     CheckpointError,
     Importer,
     copy_config_files,
@@ -39,14 +39,8 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "lcybuaa/Text2Earth"
 PIPELINE_NAMES = ("Text2EarthDiffusionPipeline", "StableDiffusionPipeline")
-NEEDED = {
-    "vae": ("diffusers", "AutoencoderKL"),
-    "text_encoder": ("transformers", "CLIPTextModel"),
-    "tokenizer": ("transformers", "CLIPTokenizer"),
-    "unet": ("diffusers", "UNet2DConditionModel"),
-}
+NEEDED = SD_COMPONENTS
 NOT_FOR_GENERATION = ("feature_extractor", "safety_checker")  # the safety checker's inputs; not imported
-# Buffers older transformers saved with CLIP text weights; rebuilt by the model itself, so dropped if present.
 
 
 # ---------------------------------------------------------------------- helpers shared with diffusionsat
@@ -155,7 +149,7 @@ def run(src: Path, staging: Path, allow_pickle: bool) -> ModelCard:
     skipped = sorted(p.name for p in src.glob("*.py"))
     if skipped:
         logger.info("%s: not copied (rsgen never runs checkpoint code): %s", src, ", ".join(skipped))
-    prediction = json.loads((staging / "scheduler" / "scheduler_config.json").read_text()).get("prediction_type")
+    prediction = read_json(staging / "scheduler" / "scheduler_config.json").get("prediction_type")
     return ModelCard(
         name="text2earth",
         native_size=(256, 256),
