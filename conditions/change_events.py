@@ -141,7 +141,7 @@ def _pixels_to_geometry(mask: np.ndarray) -> BaseGeometry:
     crop = mask[r0:r1, c0:c1]
     offset = Affine.translation(float(c0), float(r0))
     polygons = [shape(g) for g, v in features.shapes(crop.astype(np.uint8), mask=crop, transform=offset) if v == 1]
-    return shapely.union_all(polygons)
+    return shapely.normalize(shapely.union_all(polygons))
 
 
 def _event(kind: str, src: int, dst: int, changed: np.ndarray, gsd: float, instance: int | None) -> ChangeEvent:
