@@ -22,51 +22,88 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from shapely.geometry import Polygon
 
 from conditions.palettes import CANONICAL
+from conditions.pixel_geometry import Window
 
 ROAD = CANONICAL.class_by_name("road").id
 ROAD_DIRECTION_RADIUS_M = 20.0  # road pixels within this distance of the nearest one give its direction
 PCA_SAMPLES = 64  # at most this many pixels per side of the direction window (subsampled beyond)
 
 
-def footprint(rng: np.random.Generator, cx: float, cy: float, w: float, h: float, angle: float) -> Polygon:
-    """A rectangle, or (one time in three) an L shape, centred on (cx, cy), rotated by ``angle`` (rad).
-    The side of length ``w`` runs along ``angle``; ``h`` is the depth across it."""
+def footprint(rng: np.random.Generator, cx: float, cy: float, w: float, h: float, angle: float) -> np.ndarray:
+    """(n, 2) x, y vertices of a rectangle, or (one time in three) an L shape, centred on (cx, cy), rotated by
+    ``angle`` (rad). The side of length ``w`` runs along ``angle``; ``h`` is the depth across it."""
     if rng.random() < 1 / 3:
         cut_w, cut_h = w * rng.uniform(0.3, 0.6), h * rng.uniform(0.3, 0.6)
         points = [(0, 0), (w, 0), (w, h - cut_h), (w - cut_w, h - cut_h), (w - cut_w, h), (0, h)]
     else:
         points = [(0, 0), (w, 0), (w, h), (0, h)]
     cos, sin = math.cos(angle), math.sin(angle)
-    moved = [
-        ((x - w / 2) * cos - (y - h / 2) * sin + cx, (x - w / 2) * sin + (y - h / 2) * cos + cy) for x, y in points
-    ]
-    return Polygon(moved)
+    return np.array(
+        [((x - w / 2) * cos - (y - h / 2) * sin + cx, (x - w / 2) * sin + (y - h / 2) * cos + cy) for x, y in points]
+    )
+
+
+def row_extremes(body: np.ndarray, r0: int = 0, c0: int = 0) -> np.ndarray:
+    """(2n, 2) float32 x, y of the first and the last True pixel of each of the n rows of ``body`` that have one
+    (offset by r0, c0). Their convex hull is that of all the True pixels, and so is ``cv2.minAreaRect`` of them."""
+    rows = np.flatnonzero(body.any(axis=1))
+    body = body[rows]
+    first, last = body.argmax(axis=1), body.shape[1] - 1 - body[:, ::-1].argmax(axis=1)
+    ys = rows + r0
+    return np.concatenate([np.column_stack([first + c0, ys]), np.column_stack([last + c0, ys])]).astype(np.float32)
 
 
 class Orientations:
-    """Centroids, sizes and orientations of the buildings, computed once, for aligning new footprints."""
+    """Centroids, sizes and orientations of the buildings, for aligning new footprints.
+
+    Centroids and sizes of all buildings come from one pass over the building pixels; a building's
+    orientation (its minimum-area rectangle) is computed when it is first the nearest one, from its pixels
+    in row-major order."""
 
     def __init__(self, instances: np.ndarray) -> None:
-        ys, xs = np.nonzero(instances)
-        ids = instances[ys, xs]
-        order = np.argsort(ids, kind="stable")
-        ids, xs, ys = ids[order], xs[order], ys[order]
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], int)
-        self.centroids: list[tuple[float, float]] = []
-        self.angles: list[float] = []
-        self.radii: list[float] = []
-        for a, b in zip(starts, np.r_[starts[1:], len(ids)]):
-            points = np.column_stack([xs[a:b], ys[a:b]]).astype(np.float32)  # (n, 2)
-            angle = math.radians(cv2.minAreaRect(points)[2])
-            self.add(float(points[:, 0].mean()), float(points[:, 1].mean()), angle, b - a)
+        self._instances = instances.copy()  # the layout's buildings at creation (new ones come through add())
+        flat = np.flatnonzero(instances != 0)  # row-major (a bool scan: much faster than nonzero on ints)
+        ys, xs = np.divmod(flat, instances.shape[1])
+        values = instances.ravel()[flat]
+        if len(values) and 0 <= values.min() and values.max() < 4 * instances.size:  # small ids: index by id
+            index = values
+        else:
+            ids, index = np.unique(values, return_inverse=True)
+        counts = np.bincount(index)  # (K,) pixels per index
+        bounds = np.empty((4, len(counts)), np.int64)  # (4, K) first/last row, first/last column
+        bounds[0], bounds[1], bounds[2], bounds[3] = instances.shape[0], -1, instances.shape[1], -1
+        np.minimum.at(bounds[0], index, ys), np.maximum.at(bounds[1], index, ys)
+        np.minimum.at(bounds[2], index, xs), np.maximum.at(bounds[3], index, xs)
+        sums = np.stack(
+            [
+                np.bincount(index, weights=xs, minlength=len(counts)),
+                np.bincount(index, weights=ys, minlength=len(counts)),
+            ]
+        )  # (2, K) fmt: skip
+        if index is values:  # keep the ids that occur
+            ids = np.flatnonzero(counts)
+            counts, bounds, sums = counts[ids], bounds[:, ids], sums[:, ids]
+        self.ids: list[int] = ids.tolist()  # ascending
+        self.counts: list[int] = counts.tolist()  # pixels of each building
+        self.centroids: list[tuple[float, float]] = list(zip(*(sums / np.maximum(counts, 1)).tolist()))
+        self.radii: list[float] = np.sqrt(counts / math.pi).tolist()
+        self._bounds: list[list[int]] = bounds.T.tolist()  # (N, 4) each building's window
+        self._angles: list[float | None] = [None] * len(self.ids)
 
     def add(self, cx: float, cy: float, angle: float, pixels: float) -> None:
         self.centroids.append((cx, cy))
-        self.angles.append(angle)
+        self._angles.append(angle)
         self.radii.append(math.sqrt(pixels / math.pi))
+
+    def angle(self, k: int) -> float:
+        """Orientation (rad) of building ``k`` (in the order of :attr:`centroids`)."""
+        if self._angles[k] is None:
+            r0, r1, c0, c1 = self._bounds[k]
+            self._angles[k] = math.radians(cv2.minAreaRect(row_extremes(self._instances[r0 : r1 + 1, c0 : c1 + 1]
+                                                                        == self.ids[k], r0, c0))[2])  # fmt: skip
+        return self._angles[k]
 
     def nearest(self, cx: float, cy: float) -> tuple[float, float] | None:
         """(angle, distance in px to roughly its edge) of the building nearest to (cx, cy); None if none."""
@@ -75,33 +112,43 @@ class Orientations:
         c = np.asarray(self.centroids)  # (N, 2)
         distances = np.hypot(c[:, 0] - cx, c[:, 1] - cy) - np.asarray(self.radii)
         k = int(np.argmin(distances))
-        return self.angles[k], max(0.0, float(distances[k]))
+        return self.angle(k), max(0.0, float(distances[k]))
 
 
 class Roads:
     """The road pixels (canonical class ``road``) of a layout: distance from every pixel to the nearest
-    road pixel, which pixel that is, and the local road direction. Call :meth:`update` when roads change."""
+    road pixel, which pixel that is, and the local road direction. Call :meth:`update` when roads change.
+    The distance transform runs when a distance is first asked for, once per state of the roads."""
 
     def __init__(self, semantic: np.ndarray, gsd: float) -> None:
         self.radius = max(ROAD_DIRECTION_RADIUS_M / gsd, 8.0)
         self.update(semantic)
 
     def update(self, semantic: np.ndarray) -> None:
-        self.mask = semantic == ROAD
+        self.mask = semantic == ROAD  # a snapshot: the caller may go on changing ``semantic``
         self.present = bool(self.mask.any())
-        if not self.present:
-            return
-        self.distance, self._labels = cv2.distanceTransformWithLabels(
+        self._distance: np.ndarray | None = None
+
+    def _transform(self) -> None:
+        self._distance, self._labels = cv2.distanceTransformWithLabels(
             (~self.mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, labelType=cv2.DIST_LABEL_PIXEL
         )  # distance (px) to the nearest road pixel; label k = the k-th road pixel in row-major order
         self._ys, self._xs = np.nonzero(self.mask)
+
+    @property
+    def distance(self) -> np.ndarray:
+        """(H, W) float32 distance (px) from every pixel to the nearest road pixel."""
+        if self._distance is None:
+            self._transform()
+        return self._distance
 
     def nearest(self, x: float, y: float) -> tuple[float, int, int]:
         """Distance (px) from the pixel holding (x, y) to the nearest road pixel, and that pixel's column, row."""
         col = min(int(x), self.mask.shape[1] - 1)
         row = min(int(y), self.mask.shape[0] - 1)
+        distance = float(self.distance[row, col])
         k = int(self._labels[row, col]) - 1
-        return float(self.distance[row, col]), int(self._xs[k]), int(self._ys[k])
+        return distance, int(self._xs[k]), int(self._ys[k])
 
     def direction(self, col: int, row: int) -> float | None:
         """Angle (rad, in [0, pi)) of the principal axis of the road pixels within ``radius`` of (col, row);
@@ -150,8 +197,8 @@ def align_footprint(
     return Alignment(cx, cy, 0.0, None)
 
 
-def keeps_setback(pixels: np.ndarray, roads: Roads, setback_px: float) -> bool:
+def keeps_setback(pixels: Window, roads: Roads, setback_px: float) -> bool:
     """True when no pixel of ``pixels`` lies on a road or within ``setback_px`` of one."""
     if not roads.present:
         return True
-    return bool(roads.distance[pixels].min() > setback_px)
+    return bool(pixels.values(roads.distance).min() > setback_px)

@@ -28,7 +28,6 @@ Applying ``simulate_change`` to its own output chains dates into a time series.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,12 +36,12 @@ import cv2
 import numpy as np
 import shapely
 from rasterio import features
-from rasterio.transform import Affine
-from shapely.geometry import Polygon, shape
+from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from conditions.building_placement import ROAD, Orientations, Roads, align_footprint, footprint, keeps_setback
 from conditions.palettes import CANONICAL, IGNORE
+from conditions.pixel_geometry import Window, rasterize_polygon, trace_pixels
 from core.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +50,7 @@ EVENT_TYPES = ("add_building", "remove_building", "expand_building", "shrink_bui
 BUILDING = CANONICAL.class_by_name("building").id
 BARE = CANONICAL.class_by_name("bare").id
 NOT_BUILDABLE = {BUILDING, CANONICAL.class_by_name("road").id, CANONICAL.class_by_name("water").id, IGNORE}
+_NOT_BUILDABLE = np.isin(np.arange(256), list(NOT_BUILDABLE))  # (256,) lookup by class id
 DEFAULT_TRANSITIONS = {"agriculture": "building", "low_vegetation": "bare", "tree": "bare", "water": "bare",
                        "bare": "road"}  # fmt: skip
 
@@ -132,31 +132,13 @@ class ChangeResult:
     change_mask: np.ndarray  # (H, W) bool, exactly the union of the events' pixels
 
 
-def _pixels_to_geometry(mask: np.ndarray) -> BaseGeometry:
-    """Polygons (pixel coordinates) of exactly the True pixels, traced in their bounding box only."""
-    rows, cols = np.nonzero(mask)
-    if not len(rows):
-        return Polygon()
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    crop = mask[r0:r1, c0:c1]
-    offset = Affine.translation(float(c0), float(r0))
-    polygons = [shape(g) for g, v in features.shapes(crop.astype(np.uint8), mask=crop, transform=offset) if v == 1]
-    return shapely.normalize(shapely.union_all(polygons))
-
-
-def _event(kind: str, src: int, dst: int, changed: np.ndarray, gsd: float, instance: int | None) -> ChangeEvent:
-    geometry = _pixels_to_geometry(changed)
+def _event(kind: str, src: int, dst: int, changed: Window, gsd: float, instance: int | None) -> ChangeEvent:
+    geometry = trace_pixels(changed)
     centroid = geometry.centroid
     return ChangeEvent(
         kind, CANONICAL.by_id()[src].name, CANONICAL.by_id()[dst].name, geometry,
-        float(changed.sum()) * gsd * gsd, (float(centroid.x), float(centroid.y)), instance,
+        float(changed.count()) * gsd * gsd, (float(centroid.x), float(centroid.y)), instance,
     )  # fmt: skip
-
-
-def _building_sizes(instances: np.ndarray, gsd: float) -> list[float]:
-    """Side lengths (m) of existing buildings, from their pixel areas (square-equivalent)."""
-    ids, counts = np.unique(instances[instances > 0], return_counts=True)
-    return [math.sqrt(c) * gsd for c in counts]
 
 
 def building_instances(semantic: np.ndarray) -> np.ndarray:
@@ -165,9 +147,29 @@ def building_instances(semantic: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def _bounding_window(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice]:
+    """Rows and columns of the True pixels of a full-layout ``mask`` (not empty), grown by ``margin``."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    height, width = mask.shape
+    return (slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
+            slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)))  # fmt: skip
+
+
+def _class_counts(sem: np.ndarray) -> np.ndarray:
+    """(256,) int64 pixel count of every class id of a uint8 layout."""
+    # OpenCV's histogram counts in float32: exact below 2^24 pixels, and several times faster than bincount
+    if sem.dtype == np.uint8 and sem.size < 2**24:
+        return cv2.calcHist([sem], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    return np.bincount(sem.ravel(), minlength=256).astype(np.int64)
+
+
 @dataclass
 class _Simulation:
-    """The layout being changed and what every event draws on: one object, passed to the event functions."""
+    """The layout being changed and what every event draws on: one object, passed to the event functions.
+
+    Besides the layout it keeps what the events ask for at every try, updated with each event's pixels
+    (a window of the layout) instead of being recomputed over the whole layout: the number of changed
+    pixels, the unchanged pixels of every class and of every building, and the largest instance id."""
 
     sem: np.ndarray  # (H, W) canonical ids, updated in place
     inst: np.ndarray  # (H, W) int32 building instance ids, updated in place
@@ -175,18 +177,46 @@ class _Simulation:
     gsd: float
     config: ChangeConfig
     rng: np.random.Generator
-    sizes: list[float]  # side lengths (m) of the existing buildings
+    sizes: np.ndarray  # (N,) side lengths (m) of the existing buildings, by ascending id
     orientations: Orientations
     roads: Roads
     setback_px: float
     size_scale: float  # <= 1: footprints at most 0.4 of the layout's shorter side
     events: list[ChangeEvent] = field(default_factory=list)
+    changed_count: int = 0
+    unchanged_per_class: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # (256,) pixel counts
+    unchanged_per_building: dict[int, int] = field(default_factory=dict)  # instance id -> unchanged pixels
+    max_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.unchanged_per_class = _class_counts(self.sem)
+        o = self.orientations
+        self.unchanged_per_building = {i: n for i, n in zip(o.ids, o.counts) if i > 0}
+        self.max_id = int(self.inst.max())
 
     def unchanged_buildings(self) -> list[int]:
-        return [i for i in np.unique(self.inst[(self.inst > 0) & ~self.changed]) if i]
+        return sorted(i for i, n in self.unchanged_per_building.items() if n)
+
+    def apply(self, pixels: Window, semantic_id: int, instance_id: int | None) -> None:
+        """Set the (unchanged) ``pixels`` to a class and, unless None, an instance id; mark them changed."""
+        sem, inst = pixels.of(self.sem), pixels.of(self.inst)
+        self.unchanged_per_class -= np.bincount(sem[pixels.mask], minlength=256)
+        before = inst[pixels.mask]
+        ids, counts = np.unique(before[before > 0], return_counts=True)
+        for i, n in zip(ids.tolist(), counts.tolist()):
+            self.unchanged_per_building[i] -= n
+        sem[pixels.mask] = semantic_id
+        if instance_id is not None:
+            inst[pixels.mask] = instance_id
+            if instance_id > self.max_id:
+                self.max_id = instance_id
+            elif self.max_id in ids and not (self.inst == self.max_id).any():  # the largest id is gone
+                self.max_id = int(self.inst.max())
+        pixels.of(self.changed)[pixels.mask] = True
+        self.changed_count += pixels.count()
 
 
-def _add_building(s: _Simulation) -> np.ndarray | None:
+def _add_building(s: _Simulation) -> Window | None:
     config, rng, gsd = s.config, s.rng, s.gsd
     height, width = s.sem.shape
     side = (lambda: float(rng.choice(s.sizes)) * rng.uniform(0.8, 1.25)) if len(s.sizes) >= 3 else (
@@ -197,90 +227,105 @@ def _add_building(s: _Simulation) -> np.ndarray | None:
         w, h = w * s.size_scale, h * s.size_scale
     cx, cy = rng.uniform(0, width), rng.uniform(0, height)
     place = align_footprint(cx, cy, h, s.orientations, s.roads, s.setback_px)
-    poly = footprint(rng, place.cx, place.cy, w, h, place.angle)
-    pixels = features.rasterize([(poly, 1)], out_shape=s.sem.shape, dtype=np.uint8).astype(bool)
-    if not pixels.any() or s.changed[pixels].any():
+    pixels = rasterize_polygon(footprint(rng, place.cx, place.cy, w, h, place.angle), s.sem.shape)
+    if not pixels.any() or pixels.values(s.changed).any():
         return None
     if not config.allow_overlap and (
-        np.isin(s.sem[pixels], list(NOT_BUILDABLE)).any() or not keeps_setback(pixels, s.roads, s.setback_px)
+        _NOT_BUILDABLE[pixels.values(s.sem)].any() or not keeps_setback(pixels, s.roads, s.setback_px)
     ):
         return None
-    pixels &= (s.sem != BUILDING) & (s.sem != IGNORE)  # never over ignore pixels, even with allow_overlap
+    sem = pixels.of(s.sem)
+    pixels = pixels.restrict((sem != BUILDING) & (sem != IGNORE))  # never over ignore pixels, even with allow_overlap
     if not pixels.any():
         return None
-    new_id = int(s.inst.max()) + 1
-    for src in np.unique(s.sem[pixels]):  # one event per class replaced, so from->to is exact
-        s.events.append(_event("add_building", int(src), BUILDING, pixels & (s.sem == src), gsd, new_id))
+    new_id = s.max_id + 1
+    for src in np.unique(pixels.values(s.sem)):  # one event per class replaced, so from->to is exact
+        s.events.append(_event("add_building", int(src), BUILDING, pixels.restrict(sem == src), gsd, new_id))
         s.events[-1].aligned_with = place.reference
-    s.sem[pixels], s.inst[pixels] = BUILDING, new_id
-    s.orientations.add(place.cx, place.cy, place.angle, float(pixels.sum()))
+    s.apply(pixels, BUILDING, new_id)
+    s.orientations.add(place.cx, place.cy, place.angle, float(pixels.count()))
     return pixels
 
 
-def _remove_building(s: _Simulation) -> np.ndarray | None:
+def _remove_building(s: _Simulation) -> Window | None:
     ids = s.unchanged_buildings()
     if not ids:
         return None
     victim = int(s.rng.choice(ids))
-    pixels = (s.inst == victim) & ~s.changed & (s.sem == BUILDING)
+    rows, cols = _bounding_window(s.inst == victim)
+    pixels = Window(rows.start, cols.start, (s.inst[rows, cols] == victim) & ~s.changed[rows, cols]
+                    & (s.sem[rows, cols] == BUILDING))  # fmt: skip
     if not pixels.any():
         return None
-    s.sem[pixels], s.inst[pixels] = BARE, 0
     s.events.append(_event("remove_building", BUILDING, BARE, pixels, s.gsd, victim))
+    s.apply(pixels, BARE, 0)
     return pixels
 
 
-def _resize_building(s: _Simulation, kind: str) -> np.ndarray | None:
+def _resize_building(s: _Simulation, kind: str) -> Window | None:
     """``expand_building`` (grow by 1-3 m onto buildable land) or ``shrink_building`` (lose a 1-3 m rim)."""
     ids = s.unchanged_buildings()
     if not ids:
         return None
     target_id = int(s.rng.choice(ids))
-    body = s.inst == target_id
     radius = max(1, round(s.rng.uniform(1.0, 3.0) / s.gsd))
+    rows, cols = _bounding_window(s.inst == target_id, margin=radius + 1)  # morphology stays inside
+    body = s.inst[rows, cols] == target_id
+    sem, changed = s.sem[rows, cols], s.changed[rows, cols]
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
     if kind == "expand_building":
         grown = cv2.dilate(body.astype(np.uint8), kernel).astype(bool)
-        pixels = grown & ~body & ~s.changed & ~np.isin(s.sem, list(NOT_BUILDABLE))
+        pixels = Window(rows.start, cols.start, grown & ~body & ~changed & ~_NOT_BUILDABLE[sem])
         if not pixels.any():
             return None
-        for src in np.unique(s.sem[pixels]):
-            s.events.append(_event(kind, int(src), BUILDING, pixels & (s.sem == src), s.gsd, target_id))
-        s.sem[pixels], s.inst[pixels] = BUILDING, target_id
+        for src in np.unique(pixels.values(s.sem)):
+            s.events.append(_event(kind, int(src), BUILDING, pixels.restrict(sem == src), s.gsd, target_id))
+        s.apply(pixels, BUILDING, target_id)
         return pixels
     core = cv2.erode(body.astype(np.uint8), kernel).astype(bool)
-    pixels = body & ~core & ~s.changed
+    pixels = Window(rows.start, cols.start, body & ~core & ~changed)
     if not core.any() or not pixels.any():  # too small to shrink: it would vanish
         return None
-    s.sem[pixels], s.inst[pixels] = BARE, 0
     s.events.append(_event(kind, BUILDING, BARE, pixels, s.gsd, target_id))
+    s.apply(pixels, BARE, 0)
     return pixels
 
 
-def _transition(s: _Simulation) -> np.ndarray | None:
+def _transition(s: _Simulation) -> Window | None:
     """Part of a connected region of class A becomes class B (the ``transitions`` table)."""
     config, rng = s.config, s.rng
     options = [(CANONICAL.class_by_name(a).id, CANONICAL.class_by_name(b).id) for a, b in config.transitions.items()]
-    options = [(a, b) for a, b in options if ((s.sem == a) & ~s.changed).any()]
+    options = [(a, b) for a, b in options if s.unchanged_per_class[a] > 0]
     if not options:
         return None
     src, dst = options[int(rng.integers(len(options)))]
     count, regions = cv2.connectedComponents(((s.sem == src) & ~s.changed).astype(np.uint8), connectivity=4)
-    region = regions == int(rng.integers(1, count))
+    label = int(rng.integers(1, count))
+    rows, cols = _bounding_window(regions == label)
+    region = regions[rows, cols] == label
     ys, xs = np.nonzero(region)
     side = rng.uniform(config.min_size_m, config.max_size_m * 2) / s.gsd * s.size_scale
-    cx, cy = float(xs[int(rng.integers(len(xs)))]), float(ys[int(rng.integers(len(ys)))])
-    box = shapely.box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-    pixels = features.rasterize([(box, 1)], out_shape=s.sem.shape, dtype=np.uint8).astype(bool) & region
-    if not pixels.any():
+    cx, cy = float(xs[int(rng.integers(len(xs)))] + cols.start), float(ys[int(rng.integers(len(ys)))] + rows.start)
+    corners = np.array([(cx + side / 2, cy - side / 2), (cx + side / 2, cy + side / 2), (cx - side / 2, cy + side / 2),
+                        (cx - side / 2, cy - side / 2)])  # fmt: skip
+    box = rasterize_polygon(corners, s.sem.shape)
+    pixels = _intersect(box, Window(rows.start, cols.start, region))
+    if pixels is None:
         return None
-    s.sem[pixels] = dst
-    if dst == BUILDING:
-        s.inst[pixels] = int(s.inst.max()) + 1
-    elif src == BUILDING:
-        s.inst[pixels] = 0
+    instance = s.max_id + 1 if dst == BUILDING else (0 if src == BUILDING else None)
     s.events.append(_event("transition", src, dst, pixels, s.gsd, None))
+    s.apply(pixels, dst, instance)
     return pixels
+
+
+def _intersect(a: Window, b: Window) -> Window | None:
+    """The pixels in both windows (in their overlap), or None when there are none."""
+    r0, c0 = max(a.r0, b.r0), max(a.c0, b.c0)
+    r1, c1 = min(a.r0 + a.mask.shape[0], b.r0 + b.mask.shape[0]), min(a.c0 + a.mask.shape[1], b.c0 + b.mask.shape[1])
+    if r0 >= r1 or c0 >= c1:
+        return None
+    mask = a.mask[r0 - a.r0 : r1 - a.r0, c0 - a.c0 : c1 - a.c0] & b.mask[r0 - b.r0 : r1 - b.r0, c0 - b.c0 : c1 - b.c0]
+    return Window(r0, c0, mask) if mask.any() else None
 
 
 def _check_layout(semantic: np.ndarray, gsd: float, instances: np.ndarray | None) -> np.ndarray:
@@ -315,16 +360,18 @@ def simulate_change(
     size_scale = min(1.0, 0.4 * min(height, width) * gsd / config.max_size_m)
     if size_scale < 1:
         logger.debug("layout %dx%d at %s m: footprint/transition sizes scaled by %.3f", height, width, gsd, size_scale)
+    orientations = Orientations(inst)
+    sizes = np.sqrt([n for i, n in zip(orientations.ids, orientations.counts) if i > 0]) * gsd  # square-equivalent
     s = _Simulation(
-        sem, inst, np.zeros(sem.shape, dtype=bool), gsd, config, rng, _building_sizes(inst, gsd), Orientations(inst),
-        Roads(sem, gsd), 0.0 if config.allow_overlap else config.road_setback_m / gsd, size_scale,
+        sem, inst, np.zeros(sem.shape, dtype=bool), gsd, config, rng, sizes, orientations, Roads(sem, gsd),
+        0.0 if config.allow_overlap else config.road_setback_m / gsd, size_scale,
     )  # fmt: skip
     names = list(config.events)
     probs = np.array([config.events[n] for n in names], dtype=float)
     probs /= probs.sum()
     target = config.change_fraction * valid.sum()
     for _ in range(config.max_tries):
-        if s.changed.sum() >= target:
+        if s.changed_count >= target:
             break
         kind = names[int(rng.choice(len(names), p=probs))]
         if kind == "add_building":
@@ -337,8 +384,7 @@ def simulate_change(
             pixels = _transition(s)
         if pixels is None:
             continue
-        s.changed |= pixels
-        if (s.roads.present and (semantic[pixels] == ROAD).any()) or (sem[pixels] == ROAD).any():
+        if (s.roads.present and (pixels.values(semantic) == ROAD).any()) or (pixels.values(sem) == ROAD).any():
             s.roads.update(sem)  # a road appeared or was built over: distances and directions change
     return ChangeResult(sem, inst, s.events, sem != semantic)
 
