@@ -219,7 +219,7 @@ class _Simulation:
 def _add_building(s: _Simulation) -> Window | None:
     config, rng, gsd = s.config, s.rng, s.gsd
     height, width = s.sem.shape
-    side = (lambda: float(rng.choice(s.sizes)) * rng.uniform(0.8, 1.25)) if len(s.sizes) >= 3 else (
+    side = (lambda: float(s.sizes[rng.integers(0, len(s.sizes))]) * rng.uniform(0.8, 1.25)) if len(s.sizes) >= 3 else (
         lambda: rng.uniform(config.min_size_m, config.max_size_m))  # fmt: skip
     w = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
     h = float(np.clip(side(), config.min_size_m, config.max_size_m)) / gsd
@@ -251,7 +251,7 @@ def _remove_building(s: _Simulation) -> Window | None:
     ids = s.unchanged_buildings()
     if not ids:
         return None
-    victim = int(s.rng.choice(ids))
+    victim = ids[s.rng.integers(0, len(ids))]  # = rng.choice(ids), without the list → array
     rows, cols = _bounding_window(s.inst == victim)
     pixels = Window(rows.start, cols.start, (s.inst[rows, cols] == victim) & ~s.changed[rows, cols]
                     & (s.sem[rows, cols] == BUILDING))  # fmt: skip
@@ -267,7 +267,7 @@ def _resize_building(s: _Simulation, kind: str) -> Window | None:
     ids = s.unchanged_buildings()
     if not ids:
         return None
-    target_id = int(s.rng.choice(ids))
+    target_id = ids[s.rng.integers(0, len(ids))]
     radius = max(1, round(s.rng.uniform(1.0, 3.0) / s.gsd))
     rows, cols = _bounding_window(s.inst == target_id, margin=radius + 1)  # morphology stays inside
     body = s.inst[rows, cols] == target_id
@@ -369,11 +369,13 @@ def simulate_change(
     names = list(config.events)
     probs = np.array([config.events[n] for n in names], dtype=float)
     probs /= probs.sum()
+    cdf = probs.cumsum()
+    cdf /= cdf[-1]  # what Generator.choice(p=probs) draws from, without its checks on every try
     target = config.change_fraction * valid.sum()
     for _ in range(config.max_tries):
         if s.changed_count >= target:
             break
-        kind = names[int(rng.choice(len(names), p=probs))]
+        kind = names[int(np.searchsorted(cdf, rng.random(), side="right"))]  # = rng.choice(len(names), p=probs)
         if kind == "add_building":
             pixels = _add_building(s)
         elif kind == "remove_building":

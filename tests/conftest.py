@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
-import pytest
-import rasterio
-import torch
-from rasterio.transform import Affine
-from rasterio.windows import Window
+
+def _pin_cpu_kernels() -> None:
+    """On x86-64, run torch's (and oneDNN's, MKL's) AVX2 kernels even where AVX-512 is there: the golden and
+    known-answer hashes of float outputs were recorded on an AVX2 machine, and kernels of another vector width
+    round differently (every image hash of tests/test_golden_outputs.py changes on an AVX-512 CPU otherwise).
+    Must run before torch is imported; a value already in the environment wins."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return
+    for name, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                        ("MKL_ENABLE_INSTRUCTIONS", "AVX2")):  # fmt: skip
+        os.environ.setdefault(name, value)
+
+
+_pin_cpu_kernels()
+
+import pytest  # noqa: E402
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+from rasterio.transform import Affine  # noqa: E402
+from rasterio.windows import Window  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RSGEN_NO_PROGRESS", "1")
