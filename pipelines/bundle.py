@@ -84,6 +84,10 @@ class ModelCard:
     # What the UNet's own class embedding takes as ``class_labels`` (None: nothing or the metadata encoder's
     # output): "text2earth_level" = the Google zoom level 10..18 of the GSD (0 = unconditional).
     class_labels: str | None = None
+    # Sampling defaults of few-step models (`rsgen train` task distill writes 4 and 1.0): the steps and guidance
+    # scale `rsgen quickstart` uses unless told otherwise (None: the command's own default). Guidance 1 = no CFG.
+    default_steps: int | None = None
+    default_guidance: float | None = None
     smoke_test: bool = False  # random weights: images are noise
     description: str = ""
     license: str = "unknown"
@@ -111,6 +115,21 @@ class ModelCard:
             raise BundleError(f"{MODEL_CARD_FILE}: masked_image={self.masked_image!r}: expected 'rsgen' or 'diffusers'")
         if not 0 < float(self.sr_strength) <= 1:
             raise BundleError(f"{MODEL_CARD_FILE}: sr_strength={self.sr_strength!r}: expected a number in (0, 1]")
+        if self.default_steps is not None and (
+            isinstance(self.default_steps, bool) or not isinstance(self.default_steps, int) or self.default_steps < 1
+        ):
+            raise BundleError(
+                f"{MODEL_CARD_FILE}: default_steps={self.default_steps!r}: expected an integer >= 1 or null"
+            )
+        if self.default_guidance is not None and (
+            isinstance(self.default_guidance, bool)
+            or not isinstance(self.default_guidance, int | float)
+            or self.default_guidance < 0
+        ):
+            raise BundleError(
+                f"{MODEL_CARD_FILE}: default_guidance={self.default_guidance!r}: expected a number >= 0 or null "
+                "(1 = no classifier-free guidance)"
+            )
         if self.format_version > CARD_FORMAT_VERSION:
             raise BundleError(
                 f"{MODEL_CARD_FILE}: format_version={self.format_version} is newer than this rsgen understands "

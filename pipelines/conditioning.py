@@ -80,10 +80,18 @@ def encode_latents(vae: Any, images: torch.Tensor) -> torch.Tensor:
 
 def tail_timesteps(scheduler: Any, num_inference_steps: int, strength: float) -> tuple[Any, int]:
     """After ``scheduler.set_timesteps``: the last ``int(num_inference_steps * strength)`` timesteps (all
-    of them at strength 1) and how many were skipped; the scheduler is told where it begins (img2img)."""
+    of them at strength 1) and how many were skipped; the scheduler is told where it begins (img2img).
+
+    A scheduler whose ``set_timesteps`` takes ``strength`` itself (``LCMScheduler``: its schedule is a
+    subset of the distillation timesteps) is set again with it and runs all ``num_inference_steps`` steps
+    below ``strength`` of the schedule, as diffusers' LCM img2img does; the returned skip is then the number
+    of steps of that spacing that would lie above (so ``skip / (skip + steps)`` ≈ 1 − ``strength``)."""
     timesteps = scheduler.timesteps
     if strength >= 1:
         return timesteps, 0
+    if "strength" in inspect.signature(scheduler.set_timesteps).parameters:
+        scheduler.set_timesteps(num_inference_steps, device=timesteps.device, strength=strength)
+        return scheduler.timesteps, round(num_inference_steps * (1 - strength) / strength)
     skip = (num_inference_steps - int(num_inference_steps * strength)) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(skip)

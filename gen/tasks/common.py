@@ -94,9 +94,31 @@ def guidance_option(default: float = 7.5) -> Any:
     return option(default, "classifier-free guidance scale", number(0), cli=float)
 
 
+AUTO = "auto"
+CPU_BATCH_SIZE = 1  # what batch_size auto is off CUDA (the default before auto): CPU outputs are unchanged
+
+# batch_size auto on CUDA (see README "Precision and compilation"): a deliberately simple, conservative estimate.
+AUTO_BATCH_CAP = 16  # larger batches add little throughput on one GPU and delay the first written samples
+VAE_LIVE_TENSORS = 4  # full-resolution decoder activations alive at the VAE's peak (input, norm, conv, residual)
+UNET_LIVE_TENSORS = 24  # first-level-sized UNet/ControlNet activations kept (skip connections over all levels)
+MEMORY_RESERVE_FRACTION = 0.2  # of the free memory, never planned for (allocator fragmentation, workspaces)
+MEMORY_RESERVE_BYTES = 2**30  # and 1 GiB more (text encoder, cuDNN/compile workspaces)
+
+
+def check_batch_size(value: Any) -> int | str:
+    """``auto`` or an integer >= 1."""
+    if value == AUTO:
+        return value
+    try:
+        return integer(1)(value)
+    except ValueError:
+        raise ValueError(f"expected auto or an integer >= 1, got {repr(value)[:80]}") from None
+
+
 def batch_size_option() -> Any:
-    return option(1, "samples per pipeline call (any size gives the same images, to float round-off)",
-                  integer(1), cli=int)  # fmt: skip
+    return option(AUTO, "samples per pipeline call, or auto: on CUDA chosen from the free GPU memory and the model "
+                  f"(at most {AUTO_BATCH_CAP}), {CPU_BATCH_SIZE} elsewhere; any size gives the same images, to float "
+                  "round-off", check_batch_size, cli=cli_yaml, metavar="N|auto")  # fmt: skip
 
 
 def prompts_option() -> Any:
@@ -217,7 +239,7 @@ class MetadataOptions:
 class SamplingOptions:
     """Pipeline calls of ``batch_size`` samples, ``steps`` denoising steps, guidance ``guidance``."""
 
-    batch_size: int = batch_size_option()
+    batch_size: int | str = batch_size_option()
     steps: int = steps_option()
     guidance: float = guidance_option()
 
@@ -264,16 +286,30 @@ def read_layers(spec: Any) -> list[Any]:
 class TaskBase:
     """What every task object holds: its spec, output layout, chunk size and (once loaded) its pipeline."""
 
-    def __init__(self, spec: Any, layout: Any, chunk_size: int) -> None:
+    def __init__(self, spec: Any, layout: Any, chunk_size: int | str) -> None:
         self.spec = spec
         self.layout = layout
-        self.chunk_size = chunk_size
+        self.auto_batch_size = chunk_size == AUTO
+        # batch_size auto: CPU_BATCH_SIZE until the model is loaded (attach), then the device's choice
+        self.chunk_size = CPU_BATCH_SIZE if self.auto_batch_size else chunk_size
         self.pipe: Any = None
 
     def attach(self, pipeline_class: Any, pipe: Any = None) -> Any:
-        """Use ``pipe`` (already loaded; never modified) or load ``spec.model`` with ``pipeline_class``."""
+        """Use ``pipe`` (already loaded; never modified) or load ``spec.model`` with ``pipeline_class``; a
+        ``batch_size: auto`` is then chosen for the pipeline's device (:func:`device_batch_size`)."""
         self.pipe = pipe if pipe is not None else load_pipeline(pipeline_class, self.spec)
+        if self.auto_batch_size:
+            self.chunk_size = device_batch_size(self.pipe, self.call_size())
         return self.pipe
+
+    def call_size(self) -> tuple[int, int]:
+        """(height, width) of the images of one pipeline call, for ``batch_size: auto``: the model's native size,
+        or the spec's ``height``/``width``/``size`` where they are larger."""
+        height, width = self.pipe.model_card.native_size
+        size = getattr(self.spec, "size", None)
+        height = max(height, getattr(self.spec, "height", None) or 0, size or 0)
+        width = max(width, getattr(self.spec, "width", None) or 0, size or 0)
+        return height, width
 
     def layout_strength(self, controls: Mapping[str, Any]) -> float:
         """The layout strength a call with ``controls`` runs with: the spec's, else the model card's (1 without a
@@ -361,6 +397,50 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "fp16" and device.type != "cuda":
         raise FieldError("dtype", "fp16 runs on CUDA only; on a CPU use bf16 or fp32")
     return DTYPES[name]
+
+
+def image_memory_bytes(
+    height: int, width: int, *, vae_channels: int, vae_bytes: int, unet_channels: int, unet_bytes: int,
+    vae_scale_factor: int = 8,
+) -> int:  # fmt: skip
+    """Estimated GPU memory one image of a pipeline call needs at its peak: the VAE decoder's full-resolution
+    activations (``VAE_LIVE_TENSORS`` tensors of ``vae_channels``, the width the decoder up-samples into full
+    resolution with, in the dtype it decodes in) plus the denoiser's (``UNET_LIVE_TENSORS`` tensors of the UNet's
+    first-level width at latent resolution, twice for classifier-free guidance). Weights are not counted: they
+    are on the device already when the free memory is read."""
+    vae = VAE_LIVE_TENSORS * vae_channels * height * width * vae_bytes
+    latent_pixels = (height // vae_scale_factor) * (width // vae_scale_factor)
+    unet = UNET_LIVE_TENSORS * unet_channels * latent_pixels * unet_bytes * 2  # (2B, C, h, w): guidance
+    return vae + unet
+
+
+def auto_batch_size(free_bytes: int, per_image_bytes: int, *, cap: int = AUTO_BATCH_CAP) -> int:
+    """The largest batch whose estimated memory fits the free memory less the reserve, between 1 and ``cap``."""
+    usable = free_bytes * (1 - MEMORY_RESERVE_FRACTION) - MEMORY_RESERVE_BYTES
+    return max(1, min(cap, int(usable // per_image_bytes)))
+
+
+def device_batch_size(pipe: Any, size: tuple[int, int]) -> int:
+    """``batch_size: auto`` for ``pipe`` on its device: ``CPU_BATCH_SIZE`` off CUDA; on CUDA from
+    ``torch.cuda.mem_get_info`` and :func:`image_memory_bytes` of the model at ``size`` (height, width)."""
+    device = pipe.unet.device
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    from pipelines.vae_decode import vae_compute_dtype
+
+    vae_config = pipe.vae.config
+    vae_widths = getattr(vae_config, "block_out_channels", None) or vae_config.decoder_block_out_channels
+    per_image = image_memory_bytes(
+        *size, vae_channels=vae_widths[min(1, len(vae_widths) - 1)],
+        vae_bytes=torch.finfo(vae_compute_dtype(pipe.vae)).bits // 8,
+        unet_channels=pipe.unet.config.block_out_channels[0], unet_bytes=torch.finfo(pipe.unet.dtype).bits // 8,
+        vae_scale_factor=pipe.vae_scale_factor,
+    )  # fmt: skip
+    free, _ = torch.cuda.mem_get_info(device)
+    batch = auto_batch_size(free, per_image)
+    logger.info("batch_size auto: %d (%.1f GiB free on %s, about %.2f GiB per %dx%d image)",
+                batch, free / 2**30, device, per_image / 2**30, *size)  # fmt: skip
+    return batch
 
 
 def load_pipeline(pipeline_class: Any, spec: JobOptions) -> Any:

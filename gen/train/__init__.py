@@ -1,4 +1,5 @@
-"""``rsgen train``: train or fine-tune the autoencoder, the latent denoiser (+ mask ControlNet) and the SR model."""
+"""``rsgen train``: train or fine-tune the autoencoder, the latent denoiser (+ mask ControlNet) and the SR model,
+and distil a controlled bundle into a few-step (LCM) one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ def train(config: TrainConfig, *, export: bool = True) -> Path:
         from gen.train.autoencoder import AutoencoderTask as task
     elif config.task == "denoiser":
         from gen.train.denoiser import DenoiserTask as task
+    elif config.task == "distill":
+        from gen.train.distill import DistillTask as task
     else:
         from gen.train.sr import SRTask as task
     return run_training(config, task, export=export)

@@ -2,7 +2,7 @@
 
 Example (see ``examples/train/``)::
 
-    task: denoiser                 # autoencoder | denoiser | sr
+    task: denoiser                 # autoencoder | denoiser | sr | distill
     output_dir: runs/default
     data_root: ../shared/data      # data paths below are relative to this
     autoencoder: runs/ae/export/vae
@@ -26,7 +26,7 @@ from typing import Any
 from core.config_file import ConfigError, apply_overrides, load_yaml_mapping
 from gen.train.data import SOURCE_KINDS, DataSource
 
-TASKS = ("autoencoder", "denoiser", "sr")
+TASKS = ("autoencoder", "denoiser", "sr", "distill")
 # Keys that may change between runs in one output folder (resuming with more steps, other cadences).
 # Export-only keys (model card text, sampling defaults) may change too: they do not touch the weights.
 RESUMABLE_KEYS = (
@@ -79,7 +79,21 @@ class SRArch:
     snr_gamma: float = 5.0
 
 
-ARCHS = {"autoencoder": AutoencoderArch, "denoiser": DenoiserArch, "sr": SRArch}
+@dataclass
+class DistillArch:
+    """Task ``distill``: latent consistency distillation (LCM) of the ``init_from`` bundle's UNet (the teacher,
+    guided with its mask ControlNet) into a student UNet that samples in a few steps with ``LCMScheduler``."""
+
+    num_ddim_timesteps: int = 50  # the teacher's DDIM skip-step solver runs on this many of the 1000 timesteps
+    guidance: float = 3.0  # teacher CFG scale baked into the student (rsgen's: uncond + g·(cond − uncond))
+    huber_c: float = 0.001  # pseudo-Huber loss constant
+    target_decay: float = 0.95  # EMA decay of the target network (the consistency target), per optimizer step
+    timestep_scaling: float = 10.0  # boundary scalings c_skip/c_out at t·scaling; written to the LCMScheduler config
+    student_steps: int = 4  # the exported card's default_steps (the recommended sampling steps)
+
+
+ARCHS = {"autoencoder": AutoencoderArch, "denoiser": DenoiserArch, "sr": SRArch, "distill": DistillArch}
+Arch = AutoencoderArch | DenoiserArch | SRArch | DistillArch
 
 
 @dataclass
@@ -87,10 +101,10 @@ class TrainConfig:
     task: str
     output_dir: Path
     data: list[DataSource]
-    model: AutoencoderArch | DenoiserArch | SRArch
+    model: Arch
     data_root: Path = Path(".")
     autoencoder: Path | None = None  # denoiser/sr: the trained VAE folder (diffusers AutoencoderKL)
-    init_from: Path | None = None  # fine-tune: an rsgen bundle to start from
+    init_from: Path | None = None  # fine-tune: an rsgen bundle to start from (task distill: the teacher)
     resolution: int = 256
     native_size: int | None = None  # size written to the exported model card (default: resolution)
     pool_size: int = 1024
@@ -147,7 +161,7 @@ def _number(data: dict[str, Any], key: str, default: Any, kind: type, low: float
     return value
 
 
-def _arch(task: str, data: Any) -> AutoencoderArch | DenoiserArch | SRArch:
+def _arch(task: str, data: Any) -> Arch:
     cls = ARCHS[task]
     data = data or {}
     if not isinstance(data, dict):
@@ -173,7 +187,34 @@ def _arch(task: str, data: Any) -> AutoencoderArch | DenoiserArch | SRArch:
             raise _err(f"model.{key}", f"expected a probability in [0, 1], got {getattr(arch, key)!r}")
     if isinstance(arch, DenoiserArch) and set(arch.controls) - {"mask"}:
         raise _err("model.controls", f"{list(arch.controls)}: rsgen train supports the 'mask' control")
+    if isinstance(arch, DistillArch):
+        _check_distill(arch)
     return arch
+
+
+def _check_distill(arch: DistillArch) -> None:
+    for key in ("num_ddim_timesteps", "student_steps"):
+        value = getattr(arch, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _err(f"model.{key}", f"expected an integer >= 1, got {value!r}")
+    for key in ("guidance", "huber_c", "target_decay", "timestep_scaling"):
+        value = getattr(arch, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _err(f"model.{key}", f"expected a number, got {value!r}")
+    if 1000 % arch.num_ddim_timesteps:
+        raise _err("model.num_ddim_timesteps", f"{arch.num_ddim_timesteps}: expected a divisor of the 1000 training "
+                   "timesteps (e.g. 50, the LCM default)")  # fmt: skip
+    if arch.student_steps > arch.num_ddim_timesteps:
+        raise _err("model.student_steps", f"{arch.student_steps}: expected <= num_ddim_timesteps "
+                   f"({arch.num_ddim_timesteps}): LCMScheduler samples on that schedule")  # fmt: skip
+    if arch.guidance < 1:
+        raise _err("model.guidance", f"{arch.guidance}: expected >= 1 (1 = the teacher without guidance)")
+    if not arch.huber_c > 0:
+        raise _err("model.huber_c", f"{arch.huber_c}: expected > 0")
+    if not 0 <= arch.target_decay < 1:
+        raise _err("model.target_decay", f"{arch.target_decay}: expected in [0, 1) (0 = the student itself)")
+    if not arch.timestep_scaling > 0:
+        raise _err("model.timestep_scaling", f"{arch.timestep_scaling}: expected > 0")
 
 
 def _source(index: int, item: Any, root: Path) -> DataSource:
@@ -219,6 +260,12 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
     if not isinstance(items, list) or not items:
         raise _err("data", "required: a non-empty list of data sources (see examples/train/)")
     sources = [_source(i, item, root) for i, item in enumerate(items)]
+    if task == "distill" and not data.get("init_from"):
+        raise _err("init_from", "task 'distill' needs the teacher: set init_from=BUNDLE, a controlled bundle with a "
+                   "'mask' control (e.g. pipelines/default_model/controlled)")  # fmt: skip
+    if task == "distill" and data.get("autoencoder"):
+        raise _err("autoencoder", f"{data['autoencoder']!r}: task 'distill' uses the VAE of the teacher (init_from); "
+                   "drop this key")  # fmt: skip
     if task in ("denoiser", "sr") and not data.get("autoencoder") and not data.get("init_from"):
         raise _err("autoencoder", f"task {task!r} needs a trained VAE: set autoencoder=DIR (from a task 'autoencoder' "
                    "run: OUTPUT_DIR/export/vae) or init_from=BUNDLE")  # fmt: skip
@@ -280,4 +327,12 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     return parse_train_config(apply_overrides(load_yaml_mapping(path, "training config"), overrides or []))
 
 
-__all__ = ["AutoencoderArch", "DenoiserArch", "SRArch", "TrainConfig", "load_train_config", "parse_train_config"]
+__all__ = [
+    "AutoencoderArch",
+    "DenoiserArch",
+    "DistillArch",
+    "SRArch",
+    "TrainConfig",
+    "load_train_config",
+    "parse_train_config",
+]

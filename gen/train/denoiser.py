@@ -143,6 +143,32 @@ def encode_pool(
     return mean, std
 
 
+def pool_latents(
+    config: TrainConfig, vae: AutoencoderKL | AutoencoderTiny, pool: TrainingPool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`encode_pool` of the config's pool, cached in ``output_dir/cache`` under the pool's and the VAE's
+    digests (posterior mean and std, (N, C, h, w) each)."""
+    vae_file = next((p for p in sorted(Path(vae.config._name_or_path or ".").glob("*.safetensors"))), None)
+    tag = sha256_file(vae_file)[:12] if vae_file else "vae"
+    cache = config.output_dir / "cache" / f"latents-{config.pool_digest()}-{tag}.safetensors"
+    return encode_pool(vae, pool, cache)
+
+
+def caption_tokens(tokenizer: Any, captions: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of every caption (N, L) and of the empty caption (L,), padded to ``length``."""
+    tokens = tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    empty = tokenizer([""], padding="max_length", max_length=length, return_tensors="pt").input_ids[0]  # (L,)
+    return tokens.input_ids, empty
+
+
+def preview_indices(pool: TrainingPool, count: int = 4) -> list[int]:
+    """Up to ``count`` pool crops, evenly spread, whose masks label more than 90 % of the pixels (sample grids)."""
+    with_mask = np.flatnonzero(pool.has_mask & ((pool.masks != IGNORE).mean(axis=(1, 2)) > 0.9))
+    if not len(with_mask):
+        return []
+    return [int(i) for i in with_mask[np.linspace(0, len(with_mask) - 1, min(count, len(with_mask))).astype(int)]]
+
+
 class DenoiserObjective(nn.Module):
     def __init__(
         self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, metadata_encoder: MetadataEncoder | None,
@@ -259,23 +285,13 @@ class DenoiserTask:
             )  # fmt: skip
         if config.init_from is not None:
             unet, text_encoder, metadata_encoder, controlnet = self._from_bundle(config.init_from, controlnet)
-        vae_file = next((p for p in sorted(Path(self.vae.config._name_or_path or ".").glob("*.safetensors"))), None)
-        tag = sha256_file(vae_file)[:12] if vae_file else "vae"
-        cache = config.output_dir / "cache" / f"latents-{config.pool_digest()}-{tag}.safetensors"
-        latents = encode_pool(self.vae, pool, cache)
-        tokens = self.tokenizer(
-            pool.captions, padding="max_length", max_length=TOKEN_LENGTH, truncation=True, return_tensors="pt"
-        ).input_ids  # fmt: skip (N, L)
-        empty = self.tokenizer([""], padding="max_length", max_length=TOKEN_LENGTH, return_tensors="pt").input_ids[0]
+        latents = pool_latents(config, self.vae, pool)
+        tokens, empty = caption_tokens(self.tokenizer, pool.captions, TOKEN_LENGTH)
         self.objective = DenoiserObjective(
             unet, text_encoder, metadata_encoder, controlnet, pool, latents, tokens, empty,
             float(self.vae.config.scaling_factor), config,
         )  # fmt: skip
-        with_mask = np.flatnonzero(pool.has_mask & ((pool.masks != IGNORE).mean(axis=(1, 2)) > 0.9))
-        picks = (
-            with_mask[np.linspace(0, len(with_mask) - 1, min(4, len(with_mask))).astype(int)] if len(with_mask) else []
-        )
-        self.preview = [int(i) for i in picks]
+        self.preview = preview_indices(pool)
 
     def _from_bundle(self, path: Path, fresh_controlnet: ControlNetModel | None) -> tuple[Any, ...]:
         card = ModelCard.read(path)
@@ -348,7 +364,10 @@ __all__ = [
     "DenoiserTask",
     "build_text_encoder",
     "build_unet",
+    "caption_tokens",
     "class_mean_colors",
     "control_images",
     "inference_scheduler",
+    "pool_latents",
+    "preview_indices",
 ]

@@ -3,13 +3,17 @@
 A task supplies an *objective*: one ``nn.Module`` whose ``forward(step)`` returns the loss of one
 micro-batch and whose trainable children are the models being trained (frozen parts, e.g. the VAE,
 have ``requires_grad=False``). Wrapping the whole objective lets accelerate put one DDP wrapper
-around it, so multi-process runs synchronise every trained model's gradients.
+around it, so multi-process runs synchronise every trained model's gradients. An objective with state
+that is not trained by the optimizer (task distill's target network) may define
+``after_optimizer_step(step)`` (called after every update and the EMA), ``checkpoint_state()`` (tensors
+saved in every checkpoint as ``extra.safetensors``) and ``load_checkpoint_state(tensors)``.
 
 Output folder::
 
     train_config.json            the config and its digest (a different config is refused)
     log.jsonl                    step, loss, lr, seconds per step (main process)
     checkpoints/step_000500/     weights.safetensors, ema.safetensors, optimizer.pt, state.json
+                                 (extra.safetensors: an objective's checkpoint_state())
     samples/step_000500.png      sample grids made with the EMA weights
     export/                      the final model (a bundle, or a VAE folder for task 'autoencoder')
 
@@ -126,6 +130,9 @@ def save_checkpoint(
         save_file(trainable_state(module), str(staging / "weights.safetensors"))
         if ema is not None:
             save_file({n: t.contiguous() for n, t in ema.shadow.items()}, str(staging / "ema.safetensors"))
+        if hasattr(module, "checkpoint_state"):
+            extra = {n: t.detach().cpu().contiguous() for n, t in module.checkpoint_state().items()}
+            save_file(extra, str(staging / "extra.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
     for old in list_checkpoints(out_dir)[:-keep]:
@@ -147,6 +154,11 @@ def load_checkpoint(
     module.load_state_dict(weights, strict=False)
     if ema is not None and (folder / "ema.safetensors").is_file():
         ema.shadow = {k: v.float() for k, v in load_file(str(folder / "ema.safetensors")).items()}
+    if hasattr(module, "load_checkpoint_state"):
+        if not (folder / "extra.safetensors").is_file():
+            raise TrainError(f"checkpoint {folder}: extra.safetensors is missing (this task keeps state beside the "
+                             "weights); it was written by another task: use a new output_dir")  # fmt: skip
+        module.load_checkpoint_state(load_file(str(folder / "extra.safetensors")))
     # Our own optimizer state (tensors and numbers only): weights_only refuses anything executable.
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     return json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -279,8 +291,11 @@ class TrainingRun:
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
+        module = accelerator.unwrap_model(self.wrapped)
         if self.ema is not None:
-            self.ema.update(accelerator.unwrap_model(self.wrapped), step)
+            self.ema.update(module, step)
+        if hasattr(module, "after_optimizer_step"):
+            module.after_optimizer_step(step)
         return losses
 
     def log(self, done: int, window: list[float], seconds: float, bar: Any) -> None:

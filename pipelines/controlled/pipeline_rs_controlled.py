@@ -56,11 +56,11 @@ from pipelines.bundle import load_bundle
 from pipelines.conditioning import (
     TextMetadataConditioningMixin,
     check_metadata_components,
-    encode_latents,
     scheduler_step_kwargs,
     tail_timesteps,
     vae_scale_factor,
 )
+from pipelines.vae_decode import decode_latents, encode_images, vae_compute_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> scaled latent (B, C, h, w) (distribution mode: deterministic)."""
-        return encode_latents(self.vae, image.to(self.vae.dtype) * 2 - 1)
+        return encode_images(self.vae, image.to(vae_compute_dtype(self.vae)) * 2 - 1)
 
     def encode_masked_image(self, image: torch.Tensor, mask_image: torch.Tensor) -> torch.Tensor:
         """Latent (B, C, h, w) of the masked image an inpainting UNet sees: image × (1 − mask), formed in [0, 1]
@@ -308,7 +308,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         Diffusion inpainting was trained). Soft masks scale the image, they are not thresholded."""
         keep = 1 - mask_image.to(image.dtype)  # (B, 1, H, W)
         if self.masked_image == "diffusers":
-            return encode_latents(self.vae, ((image * 2 - 1) * keep).to(self.vae.dtype))
+            return encode_images(self.vae, (image * 2 - 1) * keep)
         return self.encode_image(image * keep)
 
     def blend_weights(self, mask_image: torch.Tensor, feather_px: int) -> torch.Tensor:
@@ -388,7 +388,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, h, w) -> images (B, 3, 8h, 8w) float32 in [0, 1]."""
-        decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        decoded = decode_latents(self.vae, latents)  # (B, 3, 8h, 8w)
         return ((decoded.float() + 1) / 2).clamp(0, 1)
 
     # ------------------------------------------------------------------ call
@@ -442,7 +442,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             inpaint_channels = torch.cat([small_mask, masked_latent.to(dtype)], dim=1)  # (B, 1 + C, h, w)
             inpaint_channels = torch.cat([inpaint_channels] * 2) if do_cfg else inpaint_channels
         elif image is not None:  # any UNet: keep the known region on the input's noisy trajectory
-            known_latent = self.encode_image(image.to(device))  # (B, C, h, w)
+            known_latent = self.encode_image(image.to(device)).to(dtype)  # (B, C, h, w)
             latent_mask = F.interpolate(mask_image.to(device, dtype), size=known_latent.shape[-2:], mode="area")
             latent_mask = (latent_mask > 0).to(dtype)  # (B, 1, h, w): 1 wherever any regenerated pixel lies
 

@@ -54,11 +54,11 @@ from pipelines.bundle import load_bundle
 from pipelines.conditioning import (
     TextMetadataConditioningMixin,
     check_metadata_components,
-    encode_latents,
     scheduler_step_kwargs,
     tail_timesteps,
     vae_scale_factor,
 )
+from pipelines.vae_decode import decode_latents, encode_images, vae_compute_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -359,12 +359,12 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
         text_embeds = self.encode_prompt(prompts, negatives, device, do_cfg)  # (nB, L, D)
         class_labels = self.encode_metadata(records, device, do_cfg)  # (nB, E) or None
         dtype = self.unet.dtype
-        lr = image.to(device=device, dtype=self.vae.dtype) * 2 - 1  # (B, bands, H, W) in [-1, 1]
+        lr = image.to(device=device, dtype=vae_compute_dtype(self.vae)) * 2 - 1  # (B, bands, H, W) in [-1, 1]
         if self.is_upscaler:
             lr_cond, class_labels = self._noised_low_res(image, low_res, noise_level, generator, device, dtype)
-            start_latent = encode_latents(self.vae, lr) if strength < 1 else None
+            start_latent = encode_images(self.vae, lr) if strength < 1 else None
         else:
-            lr_cond = encode_latents(self.vae, lr)  # (B, C, h, w)
+            lr_cond = encode_images(self.vae, lr)  # (B, C, h, w)
             start_latent = lr_cond
         lr_cond = torch.cat([lr_cond] * 2) if do_cfg else lr_cond  # (nB, C or bands, h, w)
         if self.is_upscaler and do_cfg:
@@ -419,7 +419,7 @@ class RSSuperResolutionPipeline(TextMetadataConditioningMixin, DiffusionPipeline
         if output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, bands, H, W)
+            decoded = decode_latents(self.vae, latents)  # (B, bands, H, W)
             decoded = ((decoded.float() + 1) / 2).clamp(0, 1)  # (B, bands, H, W)
             if lr_scale is not None:
                 decoded = lr_consistent(decoded, image.to(decoded.device, torch.float32), lr_scale)

@@ -48,6 +48,7 @@ from pipelines.conditioning import (
     scheduler_step_kwargs,
     vae_scale_factor,
 )
+from pipelines.vae_decode import decode_latents
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ class RSText2ImagePipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         if output_type == "latent":
             images: Any = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, 3, H, W) in [-1, 1]
+            decoded = decode_latents(self.vae, latents)  # (B, 3, H, W) in [-1, 1]
             images = self.image_processor.postprocess(decoded, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
