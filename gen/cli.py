@@ -165,7 +165,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, help="output folder (overrides the spec's 'out')")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; generate nothing")
-    run.add_argument("--num-processes", type=int, default=1, help="launch N processes through accelerate")
+    run.add_argument("--num-processes", type=int, default=1, help="run on N local processes (default 1)")
     run.set_defaults(handler=_cmd_run)
 
 
@@ -259,6 +259,10 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
 
 
+QUICKSTART_STEPS = 4  # for a card without default_steps: 2 run at layout_strength 0.7, as good as 20 (README)
+QUICKSTART_GUIDANCE = 3.0  # for a model whose card has no default_guidance
+
+
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     quick = sub.add_parser(
         "quickstart",
@@ -271,7 +275,10 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("quickstart-out"), help="output folder (default quickstart-out)"
     )
     quick.add_argument("-n", "--num-samples", type=int, default=8, help="number of change pairs (default 8)")
-    quick.add_argument("--steps", type=int, default=20, help="denoising steps per image (default 20)")
+    quick.add_argument(
+        "--steps", type=int, default=None,
+        help=f"denoising steps per image (default: the model card's default_steps, else {QUICKSTART_STEPS})",
+    )  # fmt: skip
     quick.add_argument(
         "--model", default="default", help="controlled bundle with a 'mask' control (default: the built-in model)"
     )
@@ -341,20 +348,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         with named_as("yaml"):
             sys.stdout.write(json.dumps(plan_job(spec, out, args.num_processes), indent=2, default=str) + "\n")
         return 0
-    if args.num_processes > 1:
-        import subprocess
+    from gen.runner import launch_job
 
-        # The launcher of this interpreter's accelerate (works without an activated venv / PATH entry).
-        cmd = [
-            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-            "--num_processes", str(args.num_processes), "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "-m", "gen", "run", str(args.spec), "--out", str(out),
-        ] + [x for item in args.set for x in ("--set", item)]  # fmt: skip
-        return subprocess.call(cmd)
-    from gen.runner import run_job
-
-    with named_as("yaml"):
-        summary = run_job(spec, out)
+    with named_as("yaml"):  # N > 1: N local workers, forked from this process once it has imported everything
+        summary = launch_job(spec, out, args.num_processes)
     sys.stdout.write(f"job done: {summary.num_samples} samples in {summary.num_shards} shard(s) at {out}\n")
     return 0
 
@@ -444,14 +441,23 @@ def _cmd_model(args: argparse.Namespace) -> int:
     raise ValueError("rsgen model: choose an action: init-tiny or info (see `rsgen model --help`)")
 
 
-def quickstart_spec(num_samples: int, steps: int, model: str = "default", threads: int | None = None) -> Any:
-    """The quickstart job: change pairs on the shipped example layouts with the built-in model."""
+def quickstart_spec(
+    num_samples: int, steps: int | None = None, model: str = "default", threads: int | None = None
+) -> Any:
+    """The quickstart job: change pairs on the shipped example layouts with the built-in model. ``steps`` None
+    takes the model card's ``default_steps`` (else :data:`QUICKSTART_STEPS`); the guidance is the card's
+    ``default_guidance`` (a distilled model's 1: its guidance is in the weights), else :data:`QUICKSTART_GUIDANCE`."""
     from gen.assets import EXAMPLE_LAYOUTS
     from gen.tasks import spec_class
+    from pipelines.bundle import ModelCard, resolve_bundle
 
+    card = ModelCard.read(resolve_bundle(model, pipeline="RSControlledPipeline"))
+    if steps is None:
+        steps = card.default_steps or QUICKSTART_STEPS
+    guidance = card.default_guidance if card.default_guidance is not None else QUICKSTART_GUIDANCE
     data = {"model": model, "masks": str(EXAMPLE_LAYOUTS), "palette": "canonical", "change_fraction": 0.08,
             "distractors": ["illumination"], "gsd": 0.5, "prompt": "aerial image of a suburb", "sensor": "aerial",
-            "date": "2021-06-01", "num_samples": num_samples, "steps": steps, "guidance": 3.0,
+            "date": "2021-06-01", "num_samples": num_samples, "steps": steps, "guidance": guidance,
             "threads": threads}  # fmt: skip
     return build_spec(spec_class("change_pairs"), data)
 

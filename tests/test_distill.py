@@ -254,4 +254,4 @@ def test_quickstart_takes_the_cards_sampling_defaults(distilled, teacher):
     assert (spec.steps, spec.guidance) == (2, 1.0)
     assert quickstart_spec(2, 6, str(distilled)).steps == 6  # --steps wins; the guidance stays the card's
     spec = quickstart_spec(2, None, str(teacher))
-    assert (spec.steps, spec.guidance) == (QUICKSTART_STEPS, QUICKSTART_GUIDANCE) == (20, 3.0)
+    assert (spec.steps, spec.guidance) == (QUICKSTART_STEPS, QUICKSTART_GUIDANCE) == (4, 3.0)

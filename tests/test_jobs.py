@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -16,8 +17,8 @@ import yaml
 
 from core.config_file import ConfigError, apply_overrides
 from gen.cli import main
-from gen.runner import JobLockError, run_job
-from gen.spec import SpecError
+from gen.runner import LOCK_FILE, JobLockError, _portable_error, _rebuilt_error, launch_job, run_job
+from gen.spec import FieldError, SpecError
 from gen.tasks import open_task, spec_from_mapping
 from tests.conftest import shared_file
 
@@ -145,6 +146,8 @@ def test_two_processes_give_the_same_dataset(reference_run, job_model, tmp_path)
     rsgen("run", str(spec_file), "--out", str(tmp_path / "two"), "--num-processes", "2")
     assert tree(tmp_path / "two") == tree(reference_run)
     assert manifest(tmp_path / "two") == manifest(reference_run)
+    processes = check_last_run(tmp_path / "two", ranks=2, written=12)
+    assert [p["written"] for p in processes] == [8, 4]  # shards 0 and 2 on rank 0, shard 1 on rank 1
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(reference_run, job_model, tmp_path):
@@ -291,3 +294,60 @@ def test_preview_of_a_change_pair_dataset(tmp_path):
     assert t1.shape == t2.shape and change.shape == t1.shape[:2] and change.any()
     page, sheet = write_preview(ds, tmp_path / "preview.html")
     assert page.read_text().count('src="data:image/png;base64,') == 9 and sheet.is_file()
+
+
+def check_last_run(folder: Path, ranks: int, written: int) -> list[dict]:
+    """``index.json``'s ``last_run``: one record per rank, each started <= ready <= done <= finished."""
+    last_run = json.loads((folder / "index.json").read_text())["last_run"]
+    processes = last_run["processes"]
+    assert [p["rank"] for p in processes] == list(range(ranks))
+    assert sum(p["written"] for p in processes) == written
+    assert len({p["pid"] for p in processes}) == ranks
+    for p in processes:
+        assert p["started"] <= p["ready"] <= p["done"] <= last_run["finished"]
+    return processes
+
+
+def test_run_records_process_times(job_model, tmp_path):
+    spec = spec_from_mapping(spec_dict(job_model, num_samples=4))
+    before = time.time()
+    summary = run_job(spec, tmp_path / "t")
+    assert summary.finished is not None and before <= summary.processes[0].ready <= summary.finished <= time.time()
+    (p,) = check_last_run(tmp_path / "t", ranks=1, written=4)
+    assert p["pid"] == os.getpid() and p["ready"] == summary.processes[0].ready
+    resumed = run_job(spec, tmp_path / "t")  # nothing to do: no model loaded, the times of this run recorded
+    (p,) = check_last_run(tmp_path / "t", ranks=1, written=0)
+    assert p["ready"] == resumed.processes[0].ready > summary.finished
+
+
+def test_a_worker_error_is_reported_once(reference_run, job_model, tmp_path):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict(job_model, seed=4)))
+    lock = (reference_run / LOCK_FILE).read_text()
+    # Rank 0 refuses the folder of another job: rank 1 is stopped, the command reports the error once.
+    other = rsgen("run", str(spec_file), "--out", str(reference_run), "--num-processes", "2", check=False)
+    assert other.returncode == 2 and other.stderr.count("holds another job") == 1, other.stderr
+    assert (reference_run / LOCK_FILE).read_text() == lock
+
+
+def test_launch_job_checks_its_arguments_and_rebuilds_worker_errors(job_model, tmp_path):
+    spec = spec_from_mapping(spec_dict(job_model))
+    with pytest.raises(ValueError, match=r"^num_processes=0: expected an integer >= 1"):
+        launch_job(spec, tmp_path / "x", 0)
+    with pytest.raises(ValueError, match=r"^start_method='thread': expected 'fork' or 'spawn'"):
+        launch_job(spec, tmp_path / "x", 2, start_method="thread")
+    assert not (tmp_path / "x").exists()
+    # A FieldError (whose __init__ takes other arguments than its args) comes back whole from a worker.
+    err = _rebuilt_error(pickle.loads(pickle.dumps(_portable_error(FieldError("steps", "expected >= 1")))), 1)
+    assert type(err) is FieldError and (err.name, err.message) == ("steps", "expected >= 1")
+    assert str(err) == "steps: expected >= 1"
+    assert err.__notes__[0].startswith("raised by rank 1:\n")
+
+
+@pytest.mark.slow
+def test_spawned_workers_give_the_same_dataset(reference_run, job_model, tmp_path):
+    summary = launch_job(spec_from_mapping(spec_dict(job_model)), tmp_path / "spawned", 2, start_method="spawn")
+    assert tree(tmp_path / "spawned") == tree(reference_run)
+    assert manifest(tmp_path / "spawned") == manifest(reference_run)
+    assert [p.rank for p in summary.processes] == [0, 1] and summary.written_by_this_process == 8
+    check_last_run(tmp_path / "spawned", ranks=2, written=12)
