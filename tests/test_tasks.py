@@ -101,7 +101,7 @@ def _cases(i):
 
 
 def _files(folder: Path) -> dict[str, object]:
-    """Every file's content; JSON without its creation time, the lock without its pid."""
+    """Every file's content; JSON without its creation time and index.json's run timings, the lock without its pid."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
@@ -118,7 +118,7 @@ def _files(folder: Path) -> dict[str, object]:
 
 def _drop_created(value):
     if isinstance(value, dict):
-        return {k: _drop_created(v) for k, v in value.items() if k != "created"}
+        return {k: _drop_created(v) for k, v in value.items() if k not in ("created", "last_run")}
     if isinstance(value, list):
         return [_drop_created(v) for v in value]
     return value
