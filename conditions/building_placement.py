@@ -58,9 +58,9 @@ def row_extremes(body: np.ndarray, r0: int = 0, c0: int = 0) -> np.ndarray:
 class Orientations:
     """Centroids, sizes and orientations of the buildings, for aligning new footprints.
 
-    Centroids and sizes of all buildings come from one pass over the building pixels; a building's
-    orientation (its minimum-area rectangle) is computed when it is first the nearest one, from its pixels
-    in row-major order."""
+    Centroids, sizes and windows of all buildings come from one pass over the building pixels; a building's
+    orientation (its minimum-area rectangle) is computed when it is first the nearest one, from the first and
+    last pixel of each of its rows (:func:`row_extremes`)."""
 
     def __init__(self, instances: np.ndarray) -> None:
         self._instances = instances.copy()  # the layout's buildings at creation (new ones come through add())
@@ -74,14 +74,12 @@ class Orientations:
         counts = np.bincount(index)  # (K,) pixels per index
         bounds = np.empty((4, len(counts)), np.int64)  # (4, K) first/last row, first/last column
         bounds[0], bounds[1], bounds[2], bounds[3] = instances.shape[0], -1, instances.shape[1], -1
-        np.minimum.at(bounds[0], index, ys), np.maximum.at(bounds[1], index, ys)
-        np.minimum.at(bounds[2], index, xs), np.maximum.at(bounds[3], index, xs)
-        sums = np.stack(
-            [
-                np.bincount(index, weights=xs, minlength=len(counts)),
-                np.bincount(index, weights=ys, minlength=len(counts)),
-            ]
-        )  # (2, K) fmt: skip
+        np.minimum.at(bounds[0], index, ys)
+        np.maximum.at(bounds[1], index, ys)
+        np.minimum.at(bounds[2], index, xs)
+        np.maximum.at(bounds[3], index, xs)
+        sum_x = np.bincount(index, weights=xs, minlength=len(counts))
+        sums = np.stack([sum_x, np.bincount(index, weights=ys, minlength=len(counts))])  # (2, K) x, y sums
         if index is values:  # keep the ids that occur
             ids = np.flatnonzero(counts)
             counts, bounds, sums = counts[ids], bounds[:, ids], sums[:, ids]

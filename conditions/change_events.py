@@ -309,23 +309,13 @@ def _transition(s: _Simulation) -> Window | None:
     corners = np.array([(cx + side / 2, cy - side / 2), (cx + side / 2, cy + side / 2), (cx - side / 2, cy + side / 2),
                         (cx - side / 2, cy - side / 2)])  # fmt: skip
     box = rasterize_polygon(corners, s.sem.shape)
-    pixels = _intersect(box, Window(rows.start, cols.start, region))
+    pixels = box.intersect(Window(rows.start, cols.start, region))
     if pixels is None:
         return None
     instance = s.max_id + 1 if dst == BUILDING else (0 if src == BUILDING else None)
     s.events.append(_event("transition", src, dst, pixels, s.gsd, None))
     s.apply(pixels, dst, instance)
     return pixels
-
-
-def _intersect(a: Window, b: Window) -> Window | None:
-    """The pixels in both windows (in their overlap), or None when there are none."""
-    r0, c0 = max(a.r0, b.r0), max(a.c0, b.c0)
-    r1, c1 = min(a.r0 + a.mask.shape[0], b.r0 + b.mask.shape[0]), min(a.c0 + a.mask.shape[1], b.c0 + b.mask.shape[1])
-    if r0 >= r1 or c0 >= c1:
-        return None
-    mask = a.mask[r0 - a.r0 : r1 - a.r0, c0 - a.c0 : c1 - a.c0] & b.mask[r0 - b.r0 : r1 - b.r0, c0 - b.c0 : c1 - b.c0]
-    return Window(r0, c0, mask) if mask.any() else None
 
 
 def _check_layout(semantic: np.ndarray, gsd: float, instances: np.ndarray | None) -> np.ndarray:

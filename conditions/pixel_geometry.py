@@ -56,6 +56,17 @@ class Window:
     def any(self) -> bool:
         return bool(self.mask.any())
 
+    def intersect(self, other: Window) -> Window | None:
+        """The pixels in both windows (over their overlap), or None when there are none."""
+        r0, c0 = max(self.r0, other.r0), max(self.c0, other.c0)
+        r1 = min(self.r0 + self.mask.shape[0], other.r0 + other.mask.shape[0])
+        c1 = min(self.c0 + self.mask.shape[1], other.c0 + other.mask.shape[1])
+        if r0 >= r1 or c0 >= c1:
+            return None
+        mask = (self.mask[r0 - self.r0 : r1 - self.r0, c0 - self.c0 : c1 - self.c0]
+                & other.mask[r0 - other.r0 : r1 - other.r0, c0 - other.c0 : c1 - other.c0])  # fmt: skip
+        return Window(r0, c0, mask) if mask.any() else None
+
 
 def rasterize_polygon(vertices: np.ndarray, shape_hw: tuple[int, int]) -> Window:
     """The pixels of an (H, W) layout whose centre lies inside the polygon of (n, 2) x, y ``vertices`` (pixel
