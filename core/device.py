@@ -19,11 +19,19 @@ def check_device(device: str, argument: str = "device") -> None:
 def resolve_device(device: str = "auto", argument: str = "device") -> torch.device:
     """``auto`` is CUDA when available, else CPU; asking for CUDA without it is an error."""
     check_device(device, argument)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"{argument}={device!r}: CUDA is not available on this machine; use cpu")
+    if device in ("auto", "cuda"):
+        return torch.device("cuda", local_cuda_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
     return torch.device(device)
+
+
+def local_cuda_index(local_rank: int, device_count: int) -> int:
+    """The GPU of local process ``local_rank`` when a job names no index: the processes of a multi-process run
+    take the GPUs in turn (more processes than GPUs share them)."""
+    return local_rank % max(1, device_count)
 
 
 def default_threads() -> int:

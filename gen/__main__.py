@@ -1,5 +1,3 @@
-import sys
+from gen.cli import run_cli
 
-from gen.cli import main
-
-sys.exit(main())
+run_cli()

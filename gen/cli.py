@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -483,7 +484,17 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_cli() -> None:
+    """The ``rsgen`` console command (and ``python -m gen``): :func:`main`, then exit with its code."""
+    code = main()
+    # What is alive now lives until exit: freezing it spares the interpreter's final garbage collections over
+    # torch's and diffusers' module graphs (about 1 s of every command's exit on 2 cores).
+    gc.freeze()
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``rsgen`` with ``argv`` (default: the command line); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

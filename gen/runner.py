@@ -40,11 +40,15 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import signal
 import socket
+import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -184,7 +188,9 @@ def run_job(spec: Any, out: str | os.PathLike, *, pipe: Any = None) -> JobSummar
     """Run (or resume) ``spec`` into ``out`` on this process's share of the shards (``pipe``: a loaded model).
     The rank and the number of processes come from the environment (``accelerate launch``, :func:`launch_job`)."""
     started = _process_start_time()
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # The processes only meet at barriers and to gather their times: gloo (cpu=True) does that on any machine, and
+    # leaves each process's GPU to its spec's device (resolve_device), also when processes outnumber GPUs.
+    state = PartialState(cpu=True)
     rank, world = state.process_index, state.num_processes
     out = Path(out)
     task = open_task(spec)  # inputs are read and checked before the folder is claimed (errors: FieldError)
@@ -244,7 +250,7 @@ def launch_job(spec: Any, out: str | os.PathLike, processes: int, *, start_metho
     log_level = logging.getLogger().getEffectiveLevel()
     workers: list[tuple[Any, Connection]] = []
     try:
-        with warnings.catch_warnings():
+        with _terminate_raises(), warnings.catch_warnings():
             # Python >= 3.12 warns about fork in a process with threads: here they are numpy's and OpenCV's idle
             # pools (fork-safe); fork_is_safe() refused torch's.
             warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
@@ -255,10 +261,29 @@ def launch_job(spec: Any, out: str | os.PathLike, processes: int, *, start_metho
                 worker.start()
                 sender.close()  # the worker holds the only sending end: EOF once it exits
                 workers.append((worker, receiver))
-        logger.info("started %d %s worker(s) for %s", processes, method, out)
-        return _collect(workers)
+            logger.info("started %d %s worker(s) for %s", processes, method, out)
+            return _collect(workers)
     finally:
         _stop(worker for worker, _ in workers)
+
+
+@contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """Within: SIGTERM (``kill``, a scheduler's stop) raises SystemExit(143) in the main thread, so that the caller
+    stops its workers before it exits instead of leaving them running (off the main thread: nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        logger.error("terminated (SIGTERM): stopping the workers; samples already written are complete")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def fork_is_safe() -> bool:
@@ -279,6 +304,7 @@ def _free_port() -> int:
 
 def _worker(spec: Any, out: str, rank: int, env: dict[str, str], log_level: int, result: Connection) -> None:
     """One process of :func:`launch_job`: run the job as ``rank`` and send back its summary or its error."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the caller's handler: stop at once
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
     if not logging.getLogger().handlers:  # spawned: a fresh interpreter (a forked worker keeps the caller's)
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")

@@ -269,6 +269,16 @@ def weights_sha256(folder: Path, files: list[Path]) -> str:
 PipelineT = TypeVar("PipelineT")
 
 
+def _dtype_argument() -> str:
+    """The name diffusers' ``from_pretrained`` takes the dtype by: ``dtype`` (newer releases, which deprecate
+    ``torch_dtype`` with a warning) or ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - present where `dtype` is taken
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 def load_bundle(
     pipeline_cls: type[PipelineT],
     model: str | os.PathLike | None,
@@ -293,8 +303,9 @@ def load_bundle(
     files = check_weight_files(folder, allow_pickle=allow_pickle)
     try:
         pipe = pipeline_cls.from_pretrained(  # type: ignore[attr-defined]
-            folder, use_safetensors=None if allow_pickle else True, torch_dtype=torch_dtype, trust_remote_code=False
-        )
+            folder, use_safetensors=None if allow_pickle else True, trust_remote_code=False,
+            **({} if torch_dtype is None else {_dtype_argument(): torch_dtype}),
+        )  # fmt: skip
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise BundleError(f"{folder}: diffusers could not load the bundle: {err}") from err
     pipe.model_card = card

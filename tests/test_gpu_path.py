@@ -144,3 +144,11 @@ def test_batch_size_auto_is_the_default_and_one_on_the_cpu(tiny_bundle, tmp_path
             spec_from_mapping({"task": "txt2img", "batch_size": bad})
     assert main([*base, "--batch-size", "many", "--out", str(tmp_path / "bad")]) == 2
     assert "--batch-size: expected auto or an integer >= 1, got 'many'" in caplog.text
+
+
+def test_processes_take_the_gpus_in_turn():
+    from core.device import local_cuda_index
+
+    assert [local_cuda_index(rank, 2) for rank in range(5)] == [0, 1, 0, 1, 0]
+    assert [local_cuda_index(rank, 1) for rank in range(3)] == [0, 0, 0]  # more processes than GPUs: they share it
+    assert local_cuda_index(3, 0) == 0

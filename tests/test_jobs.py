@@ -174,6 +174,37 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(reference_run, job_model
     assert not list(out.rglob(".rsgen-tmp-*"))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited (nobody reaped it yet)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_sigterm_to_a_two_process_run_stops_its_workers(reference_run, job_model, tmp_path):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict(job_model)))
+    out = tmp_path / "terminated"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RSGEN_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "gen", "run", str(spec_file), "--out", str(out), "--num-processes", "2"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("0*.json")):
+        time.sleep(0.05)
+    children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(children) == 2, children
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM): stopping the workers" in stderr, stderr
+    assert not [pid for pid in children if _alive(pid)]
+    assert not (out / "manifest.jsonl").exists()
+    rsgen("run", str(spec_file), "--out", str(out))  # resumes: the samples written before are complete
+    assert tree(out) == tree(reference_run)
+    assert manifest(out) == manifest(reference_run)
+
+
 def test_generate_job_from_a_mask_folder(tmp_path, capsys):
     from pipelines.tiny_bundle import TinyControlledBundleConfig, build_tiny_bundle
 
