@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -53,6 +53,15 @@ NOT_BUILDABLE = {BUILDING, CANONICAL.class_by_name("road").id, CANONICAL.class_b
 _NOT_BUILDABLE = np.isin(np.arange(256), list(NOT_BUILDABLE))  # (256,) lookup by class id
 DEFAULT_TRANSITIONS = {"agriculture": "building", "low_vegetation": "bare", "tree": "bare", "water": "bare",
                        "bare": "road"}  # fmt: skip
+
+
+class FootprintSource(Protocol):
+    """Shapes of new buildings: the pixels of one planned at (cx, cy), ``w`` x ``h`` px, turned by ``angle`` (rad),
+    and a record of what was placed (kept on its events), or None (the try fails)."""
+
+    def place(
+        self, rng: np.random.Generator, cx: float, cy: float, w: float, h: float, angle: float, shape: tuple[int, int]
+    ) -> tuple[Window, dict[str, Any]] | None: ...
 
 
 class ChangeError(InputError):
@@ -105,6 +114,7 @@ class ChangeEvent:
     instance_id: int | None = None
     aligned_with: str | None = None  # add_building: 'road', 'building' or None (nothing near)
     date: int | None = None  # time series: index of the date at which it happened (between date - 1 and date)
+    exemplar: dict[str, Any] | None = None  # exemplar synthesis: the bank object it shows ({"bank_id", "matrix"})
 
     def to_dict(self) -> dict[str, Any]:
         out = {"type": self.type, "from": self.class_from, "to": self.class_to,
@@ -114,6 +124,8 @@ class ChangeEvent:
             out["aligned_with"] = self.aligned_with
         if self.date is not None:
             out["date"] = self.date
+        if self.exemplar is not None:
+            out["exemplar"] = self.exemplar
         return out
 
     @classmethod
@@ -121,7 +133,7 @@ class ChangeEvent:
         """The event of a record written by :meth:`to_dict` (a pair's or a sequence's JSON)."""
         return cls(record["type"], record["from"], record["to"], shape(record["geometry"]), float(record["area_m2"]),
                    (float(record["centroid"][0]), float(record["centroid"][1])), record.get("instance_id"),
-                   record.get("aligned_with"), record.get("date"))  # fmt: skip
+                   record.get("aligned_with"), record.get("date"), record.get("exemplar"))  # fmt: skip
 
 
 @dataclass
@@ -182,6 +194,7 @@ class _Simulation:
     roads: Roads
     setback_px: float
     size_scale: float  # <= 1: footprints at most 0.4 of the layout's shorter side
+    footprints: FootprintSource | None = None  # new buildings' shapes (None: rectangles and L shapes)
     events: list[ChangeEvent] = field(default_factory=list)
     changed_count: int = 0
     unchanged_per_class: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # (256,) pixel counts
@@ -227,7 +240,14 @@ def _add_building(s: _Simulation) -> Window | None:
         w, h = w * s.size_scale, h * s.size_scale
     cx, cy = rng.uniform(0, width), rng.uniform(0, height)
     place = align_footprint(cx, cy, h, s.orientations, s.roads, s.setback_px)
-    pixels = rasterize_polygon(footprint(rng, place.cx, place.cy, w, h, place.angle), s.sem.shape)
+    exemplar = None
+    if s.footprints is None:
+        pixels = rasterize_polygon(footprint(rng, place.cx, place.cy, w, h, place.angle), s.sem.shape)
+    else:
+        placed = s.footprints.place(rng, place.cx, place.cy, w, h, place.angle, s.sem.shape)
+        if placed is None:
+            return None
+        pixels, exemplar = placed
     if not pixels.any() or pixels.values(s.changed).any():
         return None
     if not config.allow_overlap and (
@@ -242,6 +262,7 @@ def _add_building(s: _Simulation) -> Window | None:
     for src in np.unique(pixels.values(s.sem)):  # one event per class replaced, so from->to is exact
         s.events.append(_event("add_building", int(src), BUILDING, pixels.restrict(sem == src), gsd, new_id))
         s.events[-1].aligned_with = place.reference
+        s.events[-1].exemplar = exemplar
     s.apply(pixels, BUILDING, new_id)
     s.orientations.add(place.cx, place.cy, place.angle, float(pixels.count()))
     return pixels
@@ -338,9 +359,11 @@ def simulate_change(
     config: ChangeConfig,
     rng: np.random.Generator,
     instances: np.ndarray | None = None,
+    footprints: FootprintSource | None = None,
 ) -> ChangeResult:
     """Apply seeded change events to a canonical semantic mask until ``config.change_fraction`` of its
-    valid pixels changed (or ``max_tries`` is spent)."""
+    valid pixels changed (or ``max_tries`` is spent). ``footprints``: where new buildings' shapes come from
+    (``conditions.exemplar_synthesis.ExemplarFootprints``: real bank objects; default: rectangles, L shapes)."""
     valid = _check_layout(semantic, gsd, instances)
     sem = semantic.copy()
     inst = building_instances(sem) if instances is None else instances.astype(np.int32).copy()
@@ -354,7 +377,7 @@ def simulate_change(
     sizes = np.sqrt([n for i, n in zip(orientations.ids, orientations.counts) if i > 0]) * gsd  # square-equivalent
     s = _Simulation(
         sem, inst, np.zeros(sem.shape, dtype=bool), gsd, config, rng, sizes, orientations, Roads(sem, gsd),
-        0.0 if config.allow_overlap else config.road_setback_m / gsd, size_scale,
+        0.0 if config.allow_overlap else config.road_setback_m / gsd, size_scale, footprints,
     )  # fmt: skip
     names = list(config.events)
     probs = np.array([config.events[n] for n in names], dtype=float)

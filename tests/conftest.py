@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from pathlib import Path
 
 
@@ -98,3 +99,17 @@ def crop(src_path: Path, out: Path, window: Window, *, transform_shift: float = 
             dst.write(data.astype(profile["dtype"]))
             dst.descriptions = src.descriptions
     return out
+
+
+LEVIR_T1_NAMES = ("test_2_0000_0000.png", "test_7_0256_0512.png")
+
+
+@pytest.fixture(scope="session")
+def levir_t1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real LEVIR-CD t1 images (``A/``) with their building masks (``label/``), named ``LEVIR_T1_NAMES``."""
+    root = tmp_path_factory.mktemp("levir-t1")
+    for folder in ("A", "label"):
+        (root / folder).mkdir()
+        for name in LEVIR_T1_NAMES:
+            shutil.copy(shared_file(f"change/levir_like/{folder}/{name}"), root / folder / name)
+    return root

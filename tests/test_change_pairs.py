@@ -1,7 +1,6 @@
 """Change pairs: hybrid pairs keep t1 outside the change, labels/captions follow the events, exports read back."""
 
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -16,33 +15,20 @@ from gen.tasks.change_pairs import ChangePairsSpec
 from synth_datasets.change_writer import read_change_pair
 from tests.conftest import shared_file
 
-LEVIR = "change/levir_like"
-
 
 def run_pairs(pipe, out, **keys):
     """Build a change_pairs spec through the checked builder and run it with the loaded pipeline."""
     return run_job(build_spec(ChangePairsSpec, keys), out, pipe=pipe)
 
 
-@pytest.fixture(scope="module")
-def levir_pairs(tmp_path_factory):
-    """Two real LEVIR t1 images with their (building) masks, in separate folders."""
-    root = tmp_path_factory.mktemp("levir")
-    for folder in ("A", "label"):
-        (root / folder).mkdir()
-        for name in ("test_2_0000_0000.png", "test_7_0256_0512.png"):
-            shutil.copy(shared_file(f"{LEVIR}/{folder}/{name}"), root / folder / name)
-    return root
-
-
-def test_hybrid_pairs_keep_t1_outside_the_change(ctrl, levir_pairs, tmp_path):
+def test_hybrid_pairs_keep_t1_outside_the_change(ctrl, levir_t1, tmp_path):
     model, pipe = ctrl
-    run_pairs(pipe, tmp_path / "out", model=str(model), mode="hybrid", images=str(levir_pairs / "A"),
-              masks=str(levir_pairs / "label"), palette="levir", change_fraction=0.05, num_samples=2, steps=2,
+    run_pairs(pipe, tmp_path / "out", model=str(model), mode="hybrid", images=str(levir_t1 / "A"),
+              masks=str(levir_t1 / "label"), palette="levir", change_fraction=0.05, num_samples=2, steps=2,
               gsd=0.5)  # fmt: skip
     for index, name in enumerate(["test_2_0000_0000.png", "test_7_0256_0512.png"]):
         pair = read_change_pair(tmp_path / "out", f"{index:08d}")
-        with rasterio.open(levir_pairs / "A" / name) as src:
+        with rasterio.open(levir_t1 / "A" / name) as src:
             t1 = np.moveaxis(src.read(), 0, -1)
         assert np.array_equal(pair["A"], t1)
         outside = ~pair["change"]
@@ -94,10 +80,10 @@ def test_full_pairs_second_layout_and_captions(ctrl, tmp_path):
             assert any(re.search(r"built|constructed|new", t) for t in stated), caption
 
 
-def test_distractor_only_pairs_have_an_empty_change_mask(ctrl, levir_pairs, tmp_path):
+def test_distractor_only_pairs_have_an_empty_change_mask(ctrl, levir_t1, tmp_path):
     model, pipe = ctrl
-    run_pairs(pipe, tmp_path / "d", model=str(model), mode="hybrid", images=str(levir_pairs / "A"),
-              masks=str(levir_pairs / "label"), no_change_fraction=1.0,
+    run_pairs(pipe, tmp_path / "d", model=str(model), mode="hybrid", images=str(levir_t1 / "A"),
+              masks=str(levir_t1 / "label"), no_change_fraction=1.0,
               distractors=["illumination", "misregistration"], steps=1)  # fmt: skip
     pair = read_change_pair(tmp_path / "d", "00000000")
     assert not pair["change"].any() and pair["events"] == []
@@ -115,7 +101,7 @@ def test_distractors_are_seeded():
         apply_distractors(image, ["rain"], np.random.default_rng(0))
 
 
-def test_change_pair_errors(ctrl, levir_pairs, tmp_path, caplog):
+def test_change_pair_errors(ctrl, levir_t1, tmp_path, caplog):
     model, _ = ctrl
     small = tmp_path / "small"
     small.mkdir()
@@ -127,12 +113,12 @@ def test_change_pair_errors(ctrl, levir_pairs, tmp_path, caplog):
     def out(name):  # one folder per failing command: a job that failed on its inputs keeps its folder's lock
         return ["--out", str(tmp_path / "out" / name)]
 
-    hybrid = ["--mode", "hybrid", "--images", str(levir_pairs / "A")]
+    hybrid = ["--mode", "hybrid", "--images", str(levir_t1 / "A")]
     assert main([*base, *hybrid, "--masks", str(small), *out("size")]) == 2
     assert "does not match its mask 32x32" in caplog.text
-    assert main([*base, "--masks", str(levir_pairs / "label"), "--palette", "loveda", *out("palette")]) == 2
+    assert main([*base, "--masks", str(levir_t1 / "label"), "--palette", "loveda", *out("palette")]) == 2
     assert "unknown class id(s) [255] for the 'loveda' scheme" in caplog.text
-    assert main([*base, "--masks", str(levir_pairs / "label"), "--change-fraction", "1.5", *out("fraction")]) == 2
+    assert main([*base, "--masks", str(levir_t1 / "label"), "--change-fraction", "1.5", *out("fraction")]) == 2
     assert "--change-fraction: expected a number in (0, 1], got 1.5" in caplog.text
     assert not (tmp_path / "out" / "fraction").exists()  # spec errors are raised before the folder is claimed
     empty = tmp_path / "empty"

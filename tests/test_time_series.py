@@ -3,7 +3,6 @@ where nothing changed, the stack GeoTIFF, the preview, the sequence exports and 
 
 import datetime as dt
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -24,29 +23,19 @@ from synth_datasets.exporters import export
 from synth_datasets.preview import sample_panels, write_preview
 from synth_datasets.reader import load_dataset
 from synth_datasets.sequence_writer import date_pairs, read_sequence
-from tests.conftest import shared_file
+from tests.conftest import LEVIR_T1_NAMES, shared_file
 
-NAMES = ("test_2_0000_0000.png", "test_7_0256_0512.png")
-
-
-@pytest.fixture(scope="module")
-def levir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("levir-ts")
-    for folder in ("A", "label"):
-        (root / folder).mkdir()
-        for name in NAMES:
-            shutil.copy(shared_file(f"change/levir_like/{folder}/{name}"), root / folder / name)
-    return root
+NAMES = LEVIR_T1_NAMES
 
 
 @pytest.fixture(scope="module")
-def hybrid(ctrl, levir, tmp_path_factory):
+def hybrid(ctrl, levir_t1, tmp_path_factory):
     """Two hybrid sequences of 4 dates on real LEVIR-CD images, no distractors."""
     model, pipe = ctrl
     out = tmp_path_factory.mktemp("ts") / "hybrid"
     events = {"add_building": 0.5, "remove_building": 0.3, "transition": 0.2}
-    spec = build_spec(TimeSeriesSpec, {"model": str(model), "mode": "hybrid", "images": str(levir / "A"),
-                                       "masks": str(levir / "label"), "num_dates": 4, "date": "2016-06-01",
+    spec = build_spec(TimeSeriesSpec, {"model": str(model), "mode": "hybrid", "images": str(levir_t1 / "A"),
+                                       "masks": str(levir_t1 / "label"), "num_dates": 4, "date": "2016-06-01",
                                        "interval_days": 200, "change_fraction": 0.04, "steps": 2, "num_samples": 2,
                                        "events": events, "writers": ["levir-mci"]})  # fmt: skip
     run_job(spec, out, pipe=pipe)
@@ -60,10 +49,10 @@ def _rasterised(events, shape_hw):
     return mask
 
 
-def test_labels_are_exact_between_every_pair_of_dates(hybrid, levir):
+def test_labels_are_exact_between_every_pair_of_dates(hybrid, levir_t1):
     for index, name in enumerate(NAMES):
         seq = read_sequence(hybrid, f"{index:08d}")
-        with rasterio.open(levir / "A" / name) as src:
+        with rasterio.open(levir_t1 / "A" / name) as src:
             real = np.moveaxis(src.read(), 0, -1)
         assert seq["num_dates"] == 4 and np.array_equal(seq["images"][0], real)
         assert seq["dates"] == ["2016-06-01", "2016-12-18", "2017-07-06", "2018-01-22"]
@@ -187,9 +176,9 @@ def test_dates_step_by_the_interval():
     assert sequence_dates(None, 2, 365) == [None, None]
 
 
-def test_example_job_spec_plans(levir, tmp_path, capsys):
+def test_example_job_spec_plans(levir_t1, tmp_path, capsys):
     example = Path(__file__).resolve().parents[1] / "examples" / "jobs" / "time_series.yaml"
-    argv = ["run", str(example), "--set", f"images={levir / 'A'}", "--set", f"masks={levir / 'label'}", "--out",
+    argv = ["run", str(example), "--set", f"images={levir_t1 / 'A'}", "--set", f"masks={levir_t1 / 'label'}", "--out",
             str(tmp_path / "o"), "--dry-run"]  # fmt: skip
     assert main(argv) == 0
     assert "time_series" in capsys.readouterr().out and not (tmp_path / "o").exists()

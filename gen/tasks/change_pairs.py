@@ -24,8 +24,16 @@ from conditions import vector_layouts as layers
 from conditions.change_captions import change_captions, change_qa
 from conditions.change_events import EVENT_TYPES, ChangeConfig, ChangeResult, simulate_change
 from conditions.distractors import DISTRACTORS, apply_distractors
+from conditions.exemplar_synthesis import (
+    COPY_PASTE,
+    SYNTHESIS_METHODS,
+    ExemplarConfig,
+    ExemplarFootprints,
+    ExemplarSynthesis,
+)
 from conditions.masks import SemanticMask, encode_color, read_mask
 from conditions.metadata import Metadata
+from conditions.object_bank import ObjectBank
 from conditions.palettes import CANONICAL, IGNORE, PALETTES
 from conditions.raster_input import RGBImage, read_uint8_rgb
 from conditions.vectors import LayoutLabels, TargetGrid, VectorError
@@ -117,6 +125,18 @@ class ChangeOptions(JobOptions):
     date: Any = metadata_option("date", drawn=False)
     cloud: Any = metadata_option("cloud", drawn=False)
     sensor: Any = metadata_option("sensor", drawn=False)
+    synthesis: str = option(
+        "diffusion", "hybrid: what fills the changed pixels: diffusion (the model inpaints them), exemplar (real "
+        "buildings of a bank, texture from nearby real pixels, colour-matched and Poisson-blended), "
+        "exemplar+harmonise (exemplar, then a low-strength diffusion pass over the changed pixels) or copy-paste "
+        "(the naive baseline: bank objects pasted as they are, plain inpainting)", checks.choice(*SYNTHESIS_METHODS),
+    )  # fmt: skip
+    bank: str | None = option(None, "object bank (rsgen bank build) of synthesis exemplar, exemplar+harmonise and "
+                              "copy-paste", checks.optional(checks.path("file")))  # fmt: skip
+    harmonise_strength: float = option(
+        0.3, "exemplar+harmonise: share of the schedule the diffusion pass re-noises, in (0, 1]",
+        checks.number(0, 1, low_open=True), cli=float,
+    )  # fmt: skip
     prompt: str = option("", "text prompt of every date", checks.string)
     layout_strength: float | None = layout_strength_option()
     steps: int = steps_option()
@@ -141,6 +161,13 @@ class ChangeOptions(JobOptions):
             raise FieldError("lat", "lat/lon centre the vector grid in mode full; other layouts carry their place")
         if self.gsd is not None and self.vectors and self.mode == "hybrid":
             raise FieldError("gsd", "hybrid vectors are rasterised on each image's grid, at its pixel size")
+        if self.synthesis != "diffusion" and self.mode != "hybrid":
+            raise FieldError("synthesis", f"{self.synthesis} fills the changes of a real t1 image; use --mode hybrid")
+        if self.synthesis != "diffusion" and not self.bank:
+            raise FieldError("bank", f"synthesis {self.synthesis} takes its buildings from an object bank; pass "
+                             "--bank BANK.safetensors (make one with rsgen bank build)")  # fmt: skip
+        if self.bank and self.synthesis == "diffusion":
+            raise FieldError("bank", "only used with synthesis exemplar, exemplar+harmonise or copy-paste")
         for key in ("polygon_class", "vectors_crs"):
             if getattr(self, key) and not self.vectors:
                 raise FieldError(key, "only used with vectors")
@@ -185,6 +212,48 @@ class ChangePairsTask(TaskBase):
         self.rules = read_layers(spec)
         self.sources = self._sources()
         self._full_grid: LayoutLabels | None = None
+        self.bank = self.exemplar = None
+        self._footprints: dict[float, ExemplarFootprints] = {}
+        if spec.synthesis != "diffusion":
+            try:
+                self.bank = ObjectBank.load(spec.bank)
+            except ValueError as err:
+                raise FieldError("bank", str(err)) from None
+            self.exemplar = ExemplarSynthesis(self.bank, COPY_PASTE if spec.synthesis == "copy-paste" else
+                                              ExemplarConfig())  # fmt: skip
+
+    def footprints(self, gsd: float) -> ExemplarFootprints | None:
+        """The simulator's source of new buildings' shapes at ``gsd``: bank objects (exemplar synthesis) or None."""
+        if self.exemplar is None:
+            return None
+        if gsd not in self._footprints:
+            try:
+                self._footprints[gsd] = ExemplarFootprints(self.bank, gsd, self.exemplar.config)
+            except ValueError as err:
+                raise FieldError("bank", str(err).removeprefix("bank: ")) from None
+        return self._footprints[gsd]
+
+    def fill_change(
+        self, image: np.ndarray, semantic: np.ndarray, step: ChangeResult, seed: int, common: dict[str, Any],
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:  # fmt: skip
+        """Hybrid: the next date's image — ``image`` (layout ``semantic``) with exactly ``step``'s changed pixels
+        filled by the job's ``synthesis`` — and the exemplar fill records (empty for diffusion)."""
+        if self.exemplar is None:
+            return inpaint_change(self.pipe, image, step.semantic, step.change_mask, seed, common), []
+        out, fills = self.exemplar(image, semantic, step.change_mask, step.events, rng)
+        if self.spec.synthesis == "exemplar+harmonise" and step.change_mask.any():
+            harmonise = {**common, "layout_strength": None, "strength": self.spec.harmonise_strength}
+            harmonised = synthesise(self.pipe, step.semantic, seed, harmonise, out, step.change_mask)
+            out[step.change_mask] = harmonised[step.change_mask]
+        return out, fills
+
+    def synthesis_record(self, fills: list[dict[str, Any]]) -> dict[str, Any]:
+        """The sidecar's ``synthesis``: the method and, for exemplar synthesis, the bank and every fill."""
+        if self.bank is None:
+            return {"method": self.spec.synthesis}
+        return {"method": self.spec.synthesis, "bank": self.spec.bank, "bank_sha256": self.bank.sha256,
+                "bank_licence": self.bank.licence, "fills": fills}  # fmt: skip
 
     def load_model(self, pipe: Any = None) -> None:
         from pipelines.controlled import RSControlledPipeline
@@ -240,8 +309,9 @@ class ChangePairsTask(TaskBase):
             instances = t1.instances if t1.instances is not None else np.zeros(sem_a.shape, np.int32)
             result = ChangeResult(sem_a.copy(), instances.copy(), [], np.zeros(sem_a.shape, bool))
         else:
-            result = simulate_change(sem_a, t1.gsd, self.change, rng, instances=t1.instances)
-        image_a, image_b = self._synthesise_pair(t1, result, seed)
+            result = simulate_change(sem_a, t1.gsd, self.change, rng, instances=t1.instances,
+                                     footprints=self.footprints(t1.gsd))  # fmt: skip
+        image_a, image_b, fills = self._synthesise_pair(t1, result, seed, rng)
         distractors = []
         if spec.distractors:
             image_b, distractors = apply_distractors(image_b, list(spec.distractors), rng)
@@ -254,17 +324,21 @@ class ChangePairsTask(TaskBase):
             "captions": change_captions(result.events, width, height, rng),
             "qa": change_qa(result.events, width, height, t1.gsd),
             "distractors": distractors,
+            "synthesis": self.synthesis_record(fills),
             "changed_fraction": float(result.change_mask.mean()),
             "provenance": provenance,
         }
         return ChangePairSample(image_a, image_b, sem_a, result.semantic, result.change_mask, rec, t1.georef)
 
-    def _synthesise_pair(self, t1: LayoutT1, result: ChangeResult, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def _synthesise_pair(
+        self, t1: LayoutT1, result: ChangeResult, seed: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
         spec, pipe = self.spec, self.pipe
         common = self.sampling_kwargs(t1.metadata)
         if spec.mode == "full":  # same seed for both dates
-            return synthesise(pipe, t1.semantic, seed, common), synthesise(pipe, result.semantic, seed, common)
-        return t1.image, inpaint_change(pipe, t1.image, result.semantic, result.change_mask, seed, common)
+            return synthesise(pipe, t1.semantic, seed, common), synthesise(pipe, result.semantic, seed, common), []
+        image_b, fills = self.fill_change(t1.image, t1.semantic, result, seed, common, rng)
+        return t1.image, image_b, fills
 
     def sampling_kwargs(self, metadata: Metadata) -> dict[str, Any]:
         """The pipeline arguments every date of a sample shares (``metadata``: that date's)."""

@@ -29,7 +29,7 @@ from conditions.metadata import Metadata, parse_date
 from core.seeding import sample_seed
 from gen import spec as checks
 from gen.spec import FieldError, option
-from gen.tasks.change_pairs import ChangeOptions, ChangePairsTask, LayoutT1, inpaint_change, synthesise
+from gen.tasks.change_pairs import ChangeOptions, ChangePairsTask, LayoutT1, synthesise
 from gen.tasks.common import TextConditions, record
 from synth_datasets.output_layouts import SequenceFolder
 from synth_datasets.samples import TimeSeriesSample
@@ -91,7 +91,7 @@ class TimeSeriesTask(ChangePairsTask):
         chain = self.simulate(t1, rng)
         dates = sequence_dates(spec.date, spec.num_dates, spec.interval_days)
         metadata = [dataclasses.replace(t1.metadata, date=d) for d in dates]
-        clean = self.synthesise_dates(t1, chain, metadata, seed)
+        clean, fills = self.synthesise_dates(t1, chain, metadata, seed, rng)
         images, distractors = [clean[0]], [[]]
         for image in clean[1:]:  # on the written image only: the next date is made from the clean one
             image, applied = apply_distractors(image, list(spec.distractors), rng) if spec.distractors else (image, [])
@@ -115,6 +115,7 @@ class TimeSeriesTask(ChangePairsTask):
             "events": [e.to_dict() for step in chain.steps for e in step.events],
             "pairs": pairs,
             "distractors": distractors,
+            "synthesis": self.synthesis_record(fills),
             "provenance": provenance,
         }
         return TimeSeriesSample(images, chain.semantics, changes, rec, t1.georef)
@@ -129,7 +130,8 @@ class TimeSeriesTask(ChangePairsTask):
                 inst = instances if instances is not None else building_instances(semantic)
                 step = ChangeResult(semantic.copy(), inst.copy(), [], np.zeros(semantic.shape, bool))
             else:
-                step = simulate_change(semantic, t1.gsd, self.change, rng, instances=instances)
+                step = simulate_change(semantic, t1.gsd, self.change, rng, instances=instances,
+                                       footprints=self.footprints(t1.gsd))  # fmt: skip
             for event in step.events:
                 event.date = date
             semantic, instances = step.semantic, step.instances
@@ -137,16 +139,21 @@ class TimeSeriesTask(ChangePairsTask):
             steps.append(step)
         return Chain(semantics, steps)
 
-    def synthesise_dates(self, t1: LayoutT1, chain: Chain, metadata: list[Metadata], seed: int) -> list[np.ndarray]:
-        """The clean image of every date: full, each generated from its layout; hybrid, chained inpainting."""
+    def synthesise_dates(
+        self, t1: LayoutT1, chain: Chain, metadata: list[Metadata], seed: int, rng: np.random.Generator
+    ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        """The clean image of every date (full: each generated from its layout; hybrid: each date's changes
+        filled into the previous date's image) and the exemplar fill records, tagged with their date."""
         if self.spec.mode == "full":
             return [synthesise(self.pipe, sem, seed, self.sampling_kwargs(m)) for sem, m in zip(chain.semantics,
-                                                                                             metadata)]  # fmt: skip
-        images = [t1.image]
+                                                                                             metadata)], []  # fmt: skip
+        images, fills = [t1.image], []
         for date, step in enumerate(chain.steps, start=1):
             common = self.sampling_kwargs(metadata[date])
-            images.append(inpaint_change(self.pipe, images[-1], step.semantic, step.change_mask, seed, common))
-        return images
+            image, filled = self.fill_change(images[-1], chain.semantics[date - 1], step, seed, common, rng)
+            images.append(image)
+            fills.extend({"date": date, **f} for f in filled)
+        return images, fills
 
     def describe(self, index: int) -> dict[str, Any]:
         return {**super().describe(index), "num_dates": self.spec.num_dates}

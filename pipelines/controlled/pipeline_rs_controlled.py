@@ -265,6 +265,22 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
                 )
         return float(value)
 
+    @staticmethod
+    def check_strength(
+        strength: float, image: torch.Tensor | None, layout_strength: float | None, num_inference_steps: int
+    ) -> None:
+        """A ``strength`` < 1 needs an input image, excludes a layout prior and must leave a step to run."""
+        if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
+            raise ValueError(f"strength={strength!r}: expected a number in (0, 1] (1 = start from noise)")
+        if image is None:
+            raise ValueError(f"strength={strength}: starts from the input image; pass image= and mask_image=")
+        if layout_strength is not None and layout_strength < 1:
+            raise ValueError(f"strength={strength} and layout_strength={layout_strength}: both set the starting "
+                             "point; give one of them (< 1) and leave the other at 1")  # fmt: skip
+        if int(num_inference_steps * strength) < 1:
+            raise ValueError(f"strength={strength} × num_inference_steps={num_inference_steps} runs no denoising "
+                             "step; raise either so that their product is >= 1")  # fmt: skip
+
     def set_layout_strength(self, value: float, argument: str = "layout_strength") -> None:
         """Set the default ``layout_strength`` (e.g. from a job option named ``argument``), checked now."""
         problem = self._layout_strength_problem(value)
@@ -411,9 +427,13 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         layout_strength: float | None = None,
+        strength: float = 1.0,
     ) -> RSControlledPipelineOutput | tuple:
         """``layout_strength`` (default: ``self.layout_strength``, the model card's): < 1 starts from the
-        mask painted in the card's class colours, noised to that share of the schedule (see module doc)."""
+        mask painted in the card's class colours, noised to that share of the schedule (see module doc).
+        ``strength`` < 1 (inpainting only, diffusers' img2img ``strength``): start from the input ``image``
+        itself noised to that share of the schedule instead, e.g. to harmonise pasted content (SDEdit); the
+        layout prior is then off."""
         control_scales = dict(control_scales or {})
         control_guidance = dict(control_guidance or {})
         # 1. Check inputs
@@ -421,7 +441,11 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
             prompt, controls, control_scales, control_guidance, metadata, image, mask_image, feather_px,
             num_inference_steps, guidance_scale, output_type, generator,
         )  # fmt: skip
+        if strength != 1.0:
+            self.check_strength(strength, image, layout_strength, num_inference_steps)
+            layout_strength = 1.0
         layout_strength = self.check_layout_strength(layout_strength, controls, num_inference_steps)
+        start_strength = min(strength, layout_strength)  # at most one of them is < 1
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
@@ -448,7 +472,7 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
 
         # 3. Timesteps (with a layout prior: the last int(steps · layout_strength) of them)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps, skip = tail_timesteps(self.scheduler, num_inference_steps, layout_strength)
+        timesteps, skip = tail_timesteps(self.scheduler, num_inference_steps, start_strength)
 
         # 4. Latents
         shape = (
@@ -460,7 +484,11 @@ class RSControlledPipeline(TextMetadataConditioningMixin, DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
         noise = latents.clone()
-        if layout_strength < 1:  # start from the painted mask (inside the region, when inpainting)
+        if strength < 1:  # start from the input image itself (SDEdit)
+            start = timesteps[:1].repeat(batch)  # (B,)
+            latents = self.scheduler.add_noise(self.encode_image(image.to(device)).to(dtype), noise.to(device, dtype),
+                                               start)  # fmt: skip
+        elif layout_strength < 1:  # start from the painted mask (inside the region, when inpainting)
             prior = self.paint_layout(controls["mask"].to(device))  # (B, 3, H, W)
             if image is not None:
                 region = mask_image.to(device, prior.dtype)  # (B, 1, H, W), 1 = regenerate
