@@ -22,6 +22,7 @@ def _pin_cpu_kernels() -> None:
 
 _pin_cpu_kernels()
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import rasterio  # noqa: E402
 import torch  # noqa: E402
@@ -113,3 +114,17 @@ def levir_t1(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name in LEVIR_T1_NAMES:
             shutil.copy(shared_file(f"change/levir_like/{folder}/{name}"), root / folder / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def alexandria_image(tmp_path_factory) -> Path:
+    """A real georeferenced 8-bit RGB raster of Alexandria: the lidar DSM (283x259 px, EPSG:26918, 2 m) shaded
+    as grey — the grid the footprints are rasterised on (its size is not a multiple of 8)."""
+    with rasterio.open(shared_file("geotiff/elevation_alexandria/dsm.tif")) as src:
+        dsm, profile = src.read(1), src.profile
+    grey = np.clip((dsm - 5.0) / 35.0 * 255, 0, 255).astype(np.uint8)
+    profile.update(dtype="uint8", count=3, nodata=None, blockxsize=None, blockysize=None, tiled=False)
+    path = tmp_path_factory.mktemp("alexandria") / "t1.tif"
+    with rasterio.open(path, "w", **{k: v for k, v in profile.items() if v is not None}) as dst:
+        dst.write(np.stack([grey] * 3))
+    return path

@@ -105,20 +105,6 @@ def test_full_pairs_from_osm_vectors_are_georeferenced_and_exact(ctrl, tmp_path)
     assert pair["provenance"]["grid"]["crs"] == "EPSG:32610" and pair["provenance"]["layers"][0]["kind"] == "buildings"
 
 
-@pytest.fixture(scope="module")
-def alexandria_image(tmp_path_factory) -> Path:
-    """A real georeferenced 8-bit RGB raster of Alexandria: the lidar DSM (283x259 px, EPSG:26918, 2 m) shaded
-    as grey — the grid the footprints are rasterised on (its size is not a multiple of 8)."""
-    with rasterio.open(shared_file("geotiff/elevation_alexandria/dsm.tif")) as src:
-        dsm, profile = src.read(1), src.profile
-    grey = np.clip((dsm - 5.0) / 35.0 * 255, 0, 255).astype(np.uint8)
-    profile.update(dtype="uint8", count=3, nodata=None, blockxsize=None, blockysize=None, tiled=False)
-    path = tmp_path_factory.mktemp("alexandria") / "t1.tif"
-    with rasterio.open(path, "w", **{k: v for k, v in profile.items() if v is not None}) as dst:
-        dst.write(np.stack([grey] * 3))
-    return path
-
-
 def test_hybrid_pairs_from_footprints_on_a_georeferenced_image(ctrl, alexandria_image, tmp_path):
     model, pipe = ctrl
     buildings = shared_file(ALEXANDRIA)

@@ -384,17 +384,9 @@ def test_cli_gsd_and_info_errors(levir, tmp_path, caplog):
 
 
 @pytest.fixture(scope="module")
-def alexandria(tmp_path_factory) -> tuple[Path, str]:
-    """A georeferenced 8-bit RGB raster of Alexandria (the lidar DSM shaded grey; EPSG:26918, 2 m, 283 x 259 px)
-    and the building footprints over it."""
-    with rasterio.open(shared_file("geotiff/elevation_alexandria/dsm.tif")) as src:
-        dsm, profile = src.read(1), src.profile
-    grey = np.clip((dsm - 5.0) / 35.0 * 255, 0, 255).astype(np.uint8)
-    profile.update(dtype="uint8", count=3, nodata=None, blockxsize=None, blockysize=None, tiled=False)
-    path = tmp_path_factory.mktemp("alexandria") / "t1.tif"
-    with rasterio.open(path, "w", **{k: v for k, v in profile.items() if v is not None}) as dst:
-        dst.write(np.stack([grey] * 3))
-    return path, f"buildings:{shared_file('vector/buildings_alexandria/buildings.geojson')}"
+def alexandria(alexandria_image) -> tuple[Path, str]:
+    """The shaded Alexandria DSM (EPSG:26918, 2 m) and the building footprints over it."""
+    return alexandria_image, f"buildings:{shared_file('vector/buildings_alexandria/buildings.geojson')}"
 
 
 def test_objects_from_vector_footprints(alexandria, tmp_path, levir):
