@@ -100,9 +100,13 @@ def build_spec(cls: type, data: Mapping[str, Any], *, source: str = "yaml") -> A
     if unknown:
         used = ", ".join(sorted(known))
         raise SpecError(f"{name_of(unknown[0])}: not used by task {cls.task!r}; it uses: {used}")
+    try:
+        from_model = cls.model_defaults(data) if hasattr(cls, "model_defaults") else {}
+    except ValueError as err:  # an unreadable model card
+        raise SpecError(f"{name_of('model')}: {err}") from None
     values = {}
     for f, opt in options:
-        value = data.get(f.name, _default(f))
+        value = data.get(f.name, from_model.get(f.name, _default(f)))
         if value is MISSING:
             raise SpecError(f"{name_of(f.name)}: required by task {cls.task!r} ({opt.help})")
         try:

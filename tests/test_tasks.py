@@ -260,3 +260,22 @@ def test_compiled_unet_gives_the_eager_images(tiny_bundle, tmp_path):
     assert main([*base, "--compile", "--out", str(tmp_path / "compiled")]) == 0
     diff = np.abs(_png(tmp_path / "eager" / "00000000.png") - _png(tmp_path / "compiled" / "00000000.png"))
     assert diff.max() <= 2
+
+
+def test_a_cards_default_steps_and_guidance_are_the_defaults_of_every_job(tiny_bundle, tmp_path, caplog):
+    """A distilled bundle's card (default_steps, default_guidance) sets the steps and guidance a job leaves out."""
+    distilled = tmp_path / "distilled"
+    shutil.copytree(tiny_bundle, distilled)
+    card = json.loads((distilled / "rsgen_model.json").read_text())
+    (distilled / "rsgen_model.json").write_text(json.dumps({**card, "default_steps": 3, "default_guidance": 1.0}))
+    base = {"task": "txt2img", "prompt": ["a river"]}
+    spec = spec_from_mapping({**base, "model": str(distilled)})
+    assert (spec.steps, spec.guidance) == (3, 1.0)
+    assert (spec_from_mapping({**base, "model": str(distilled), "steps": 5}).steps) == 5  # given: kept
+    assert (spec_from_mapping({**base, "model": str(tiny_bundle)}).steps) == 20  # a card without them
+    assert (spec_from_mapping({**base, "model": "default"}).steps) == 20
+    args = build_parser().parse_args(["txt2img", "--model", str(distilled), "--prompt", "a river", "--out", "x"])
+    assert build_spec(spec_class("txt2img"), mapping_from_args(spec_class("txt2img"), args), source="cli").steps == 3
+    (distilled / "rsgen_model.json").write_text(json.dumps({**card, "default_steps": 0}))
+    with pytest.raises(SpecError, match=r"^model: .*default_steps=0: expected an integer >= 1 or null"):
+        spec_from_mapping({**base, "model": str(distilled)})

@@ -3,11 +3,13 @@ and the provenance record."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +35,7 @@ from gen.spec import (
     string,
     string_list,
 )
+from pipelines.bundle import MODEL_CARD_FILE, ModelCard
 from synth_datasets.exporters import EXPORT_FORMATS
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,19 @@ class JobOptions:
 
     def validate(self) -> None:
         """Cross-field checks of a task (raise :class:`FieldError` naming a field)."""
+
+    @classmethod
+    def model_defaults(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults that come from the model of a job (``data``: its given keys): a local bundle's card
+        ``default_steps`` / ``default_guidance`` (a distilled bundle samples in a few steps at guidance 1) for the
+        ``steps`` / ``guidance`` the job leaves out. Other models (the built-in one, hub ids) add none."""
+        model = data.get("model")
+        if not isinstance(model, str) or not (Path(model).expanduser() / MODEL_CARD_FILE).is_file():
+            return {}
+        card = ModelCard.read(Path(model).expanduser())
+        names = {f.name for f in dataclasses.fields(cls)}
+        found = {"steps": card.default_steps, "guidance": card.default_guidance}
+        return {k: v for k, v in found.items() if v is not None and k in names}
 
     @property
     def num_shards(self) -> int:
