@@ -41,7 +41,7 @@ from shapely.geometry.base import BaseGeometry
 
 from conditions.building_placement import ROAD, Orientations, Roads, align_footprint, footprint, keeps_setback
 from conditions.palettes import CANONICAL, IGNORE
-from conditions.pixel_geometry import Window, rasterize_polygon, trace_pixels
+from conditions.pixel_geometry import Window, bounding_slices, rasterize_polygon, trace_pixels
 from core.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -159,14 +159,6 @@ def building_instances(semantic: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def _bounding_window(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice]:
-    """Rows and columns of the True pixels of a full-layout ``mask`` (not empty), grown by ``margin``."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    height, width = mask.shape
-    return (slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
-            slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)))  # fmt: skip
-
-
 def _class_counts(sem: np.ndarray) -> np.ndarray:
     """(256,) int64 pixel count of every class id of a uint8 layout."""
     # OpenCV's histogram counts in float32: exact below 2^24 pixels, and several times faster than bincount
@@ -273,7 +265,7 @@ def _remove_building(s: _Simulation) -> Window | None:
     if not ids:
         return None
     victim = ids[s.rng.integers(0, len(ids))]  # = rng.choice(ids), without the list → array
-    rows, cols = _bounding_window(s.inst == victim)
+    rows, cols = bounding_slices(s.inst == victim)
     pixels = Window(rows.start, cols.start, (s.inst[rows, cols] == victim) & ~s.changed[rows, cols]
                     & (s.sem[rows, cols] == BUILDING))  # fmt: skip
     if not pixels.any():
@@ -290,7 +282,7 @@ def _resize_building(s: _Simulation, kind: str) -> Window | None:
         return None
     target_id = ids[s.rng.integers(0, len(ids))]
     radius = max(1, round(s.rng.uniform(1.0, 3.0) / s.gsd))
-    rows, cols = _bounding_window(s.inst == target_id, margin=radius + 1)  # morphology stays inside
+    rows, cols = bounding_slices(s.inst == target_id, margin=radius + 1)  # morphology stays inside
     body = s.inst[rows, cols] == target_id
     sem, changed = s.sem[rows, cols], s.changed[rows, cols]
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
@@ -322,7 +314,7 @@ def _transition(s: _Simulation) -> Window | None:
     src, dst = options[int(rng.integers(len(options)))]
     count, regions = cv2.connectedComponents(((s.sem == src) & ~s.changed).astype(np.uint8), connectivity=4)
     label = int(rng.integers(1, count))
-    rows, cols = _bounding_window(regions == label)
+    rows, cols = bounding_slices(regions == label)
     region = regions[rows, cols] == label
     ys, xs = np.nonzero(region)
     side = rng.uniform(config.min_size_m, config.max_size_m * 2) / s.gsd * s.size_scale

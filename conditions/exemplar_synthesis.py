@@ -30,10 +30,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from rasterio import features
 
+from conditions.change_events import rasterize_events
 from conditions.palettes import CANONICAL, IGNORE
-from conditions.pixel_geometry import Window
+from conditions.pixel_geometry import Window, bounding_slices
 
 SYNTHESIS_METHODS = ("diffusion", "exemplar", "exemplar+harmonise", "copy-paste")
 BUILDING = CANONICAL.class_by_name("building").id
@@ -144,17 +144,6 @@ class ExemplarFootprints:
         return placed.window, {"bank_id": obj.id, "matrix": [[round(v, 6) for v in row] for row in matrix.tolist()]}
 
 
-def event_pixels(event: Any, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool: the pixels of one event (its traced geometry rasterised back, exactly)."""
-    return features.rasterize([(event.geometry, 1)], out_shape=shape, dtype=np.uint8).astype(bool)
-
-
-def _bbox(mask: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return (slice(max(0, rows[0] - margin), min(shape[0], rows[-1] + 1 + margin)),
-            slice(max(0, cols[0] - margin), min(shape[1], cols[-1] + 1 + margin)))  # fmt: skip
-
-
 def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
@@ -163,10 +152,10 @@ def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
 def poisson_paste(dst: np.ndarray, src: np.ndarray, region: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8: ``dst`` with the ``region`` pixels solved from ``src``'s gradients and ``dst``'s values on
     the region's boundary (``cv2.seamlessClone``, normal clone); every other pixel is ``dst``'s."""
-    rows, cols = _bbox(region, 0, region.shape)
+    rows, cols = bounding_slices(region)
     pad = 2  # seamlessClone needs the region off the border of what it is given
 
-    def padded(a: np.ndarray) -> np.ndarray:  # fmt: skip
+    def padded(a: np.ndarray) -> np.ndarray:
         return cv2.copyMakeBorder(np.ascontiguousarray(a[rows, cols]), pad, pad, pad, pad, cv2.BORDER_REFLECT)
 
     d, s = padded(dst), padded(src)
@@ -210,7 +199,7 @@ def nearby_offset(image: np.ndarray, region: np.ndarray, allowed: np.ndarray,
     """(dy, dx) such that ``region`` moved by it lies on ``allowed`` pixels only, the one of ``OFFSET_TRIES``
     random offsets (1 to 4 region sizes away) whose surrounding ring looks most like the region's; None if none fits."""
     height, width = region.shape
-    rows, cols = _bbox(region, 0, region.shape)
+    rows, cols = bounding_slices(region)
     ys, xs = np.nonzero(region[rows, cols])
     ys, xs = ys + rows.start, xs + cols.start
     ring = _dilate(region, RING_PX) & ~region
@@ -275,15 +264,15 @@ class ExemplarSynthesis:
         out = image.copy()
         ground = ~change & (semantic_t1 != IGNORE)  # unchanged pixels: where real texture can come from
         fills = []
+        regions = [rasterize_events([event], change.shape) & change for event in events]  # (H, W) bool each
         pasted: dict[int | None, dict[str, Any]] = {}  # one new building may span several events (one per class)
-        for k, event in enumerate(events):
-            region = event_pixels(event, change.shape) & change
+        for k, (event, region) in enumerate(zip(events, regions, strict=True)):
             if not region.any():
                 continue
             if getattr(event, "exemplar", None):
                 if event.instance_id not in pasted:  # the whole building at once: one colour match, one blend
-                    parts = [e for e in events if e.exemplar and e.instance_id == event.instance_id]
-                    whole = np.logical_or.reduce([event_pixels(e, change.shape) for e in parts]) & change
+                    whole = np.logical_or.reduce([m for e, m in zip(events, regions, strict=True)
+                                                  if e.exemplar and e.instance_id == event.instance_id])  # fmt: skip
                     pasted[event.instance_id] = self._paste_object(out, image, semantic_t1, change, whole,
                                                                    event.exemplar)  # fmt: skip
                 record = pasted[event.instance_id]
@@ -297,19 +286,24 @@ class ExemplarSynthesis:
                       region: np.ndarray, exemplar: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
         obj = self._objects[exemplar["bank_id"]]
         placed = warp_object(obj, np.asarray(exemplar["matrix"], dtype=float), region.shape)
-        r, c = placed.window.slices
-        src = out.copy()
-        crop = placed.pixels
+        crop = placed.pixels  # (h, w, 3) over the placed window, which holds every pixel of the building
         if self.config.colour_match:
             around = _dilate(region, max(2, round(3 / obj.gsd))) & ~change & (semantic_t1 != BUILDING)
             source = (obj.context_lab_mean, obj.context_lab_std) if obj.context_lab_mean is not None else None
             crop = colour_matched(crop, source, lab_stats(image, around))
-        src[r, c] = crop
+        # the object's box grown by the cross-fade's reach: distances to the building's edge are those on the layout
+        r, c = placed.window.slices
+        grow = self.config.band_px + 1
+        rows = slice(max(0, r.start - grow), min(region.shape[0], r.stop + grow))
+        cols = slice(max(0, c.start - grow), min(region.shape[1], c.stop + grow))
+        src = out[rows, cols].copy()
+        src[r.start - rows.start : r.stop - rows.start, c.start - cols.start : c.stop - cols.start] = crop
+        inside = region[rows, cols]
         if self.config.blend:  # cross-fade into the old pixels over the object's outer band_px pixels
-            inner = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]  # (H, W)
-            alpha = np.clip(inner / (self.config.band_px + 1), 0, 1)[..., None]  # (H, W, 1): 1 beyond the band
-            src = (alpha * src + (1 - alpha) * out).round().astype(np.uint8)
-        out[region] = src[region]
+            depth = cv2.distanceTransform(np.pad(inside, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+            alpha = np.clip(depth / (self.config.band_px + 1), 0, 1)[..., None]  # (h, w, 1): 1 beyond the band
+            src = (alpha * src + (1 - alpha) * out[rows, cols]).round().astype(np.uint8)
+        out[rows, cols][inside] = src[inside]
         return {"fill": "exemplar", "bank_id": obj.id}
 
     def _fill_texture(self, out: np.ndarray, image: np.ndarray, semantic_t1: np.ndarray, ground: np.ndarray,

@@ -25,6 +25,14 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 
+def bounding_slices(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice]:
+    """Rows and columns of the True pixels of ``mask`` (not empty), grown by ``margin`` within its bounds."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    height, width = mask.shape
+    return (slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
+            slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Window:
     """A boolean mask over the rows ``r0:r0+h`` and columns ``c0:c0+w`` of a layout."""
