@@ -85,30 +85,36 @@ class Orientations:
             counts, bounds, sums = counts[ids], bounds[:, ids], sums[:, ids]
         self.ids: list[int] = ids.tolist()  # ascending
         self.counts: list[int] = counts.tolist()  # pixels of each building
-        self.centroids: list[tuple[float, float]] = list(zip(*(sums / np.maximum(counts, 1)).tolist()))
-        self.radii: list[float] = np.sqrt(counts / math.pi).tolist()
-        self._bounds: list[list[int]] = bounds.T.tolist()  # (N, 4) each building's window
+        self.bounds: list[list[int]] = bounds.T.tolist()  # (N, 4) each building's first/last row, first/last column
         self._angles: list[float | None] = [None] * len(self.ids)
+        # (3, capacity) centroid x, y and equivalent radius of every building, the first ``size`` columns in use:
+        # grown by doubling, so that add() and nearest() do not rebuild arrays from lists
+        self._size = len(self.ids)
+        self._points = np.empty((3, max(16, 2 * self._size)))
+        self._points[:2, : self._size] = sums / np.maximum(counts, 1)
+        self._points[2, : self._size] = np.sqrt(counts / math.pi)
 
     def add(self, cx: float, cy: float, angle: float, pixels: float) -> None:
-        self.centroids.append((cx, cy))
+        if self._size == self._points.shape[1]:
+            self._points = np.concatenate([self._points, np.empty_like(self._points)], axis=1)
+        self._points[:, self._size] = cx, cy, math.sqrt(pixels / math.pi)
+        self._size += 1
         self._angles.append(angle)
-        self.radii.append(math.sqrt(pixels / math.pi))
 
     def angle(self, k: int) -> float:
-        """Orientation (rad) of building ``k`` (in the order of :attr:`centroids`)."""
+        """Orientation (rad) of building ``k``: the layout's buildings by ascending id, then the added ones."""
         if self._angles[k] is None:
-            r0, r1, c0, c1 = self._bounds[k]
+            r0, r1, c0, c1 = self.bounds[k]
             self._angles[k] = math.radians(cv2.minAreaRect(row_extremes(self._instances[r0 : r1 + 1, c0 : c1 + 1]
                                                                         == self.ids[k], r0, c0))[2])  # fmt: skip
         return self._angles[k]
 
     def nearest(self, cx: float, cy: float) -> tuple[float, float] | None:
         """(angle, distance in px to roughly its edge) of the building nearest to (cx, cy); None if none."""
-        if not self.centroids:
+        if not self._size:
             return None
-        c = np.asarray(self.centroids)  # (N, 2)
-        distances = np.hypot(c[:, 0] - cx, c[:, 1] - cy) - np.asarray(self.radii)
+        x, y, radius = self._points[:, : self._size]  # (N,) each
+        distances = np.hypot(x - cx, y - cy) - radius
         k = int(np.argmin(distances))
         return self.angle(k), max(0.0, float(distances[k]))
 

@@ -173,7 +173,8 @@ class _Simulation:
 
     Besides the layout it keeps what the events ask for at every try, updated with each event's pixels
     (a window of the layout) instead of being recomputed over the whole layout: the number of changed
-    pixels, the unchanged pixels of every class and of every building, and the largest instance id."""
+    pixels, the unchanged pixels of every class and of every building, the rows and columns every building
+    may cover (a superset: shrinking and removal do not narrow it) and the largest instance id."""
 
     sem: np.ndarray  # (H, W) canonical ids, updated in place
     inst: np.ndarray  # (H, W) int32 building instance ids, updated in place
@@ -191,13 +192,22 @@ class _Simulation:
     changed_count: int = 0
     unchanged_per_class: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # (256,) pixel counts
     unchanged_per_building: dict[int, int] = field(default_factory=dict)  # instance id -> unchanged pixels
+    extents: dict[int, list[int]] = field(default_factory=dict)  # instance id -> first/last row, first/last column
     max_id: int = 0
 
     def __post_init__(self) -> None:
         self.unchanged_per_class = _class_counts(self.sem)
         o = self.orientations
         self.unchanged_per_building = {i: n for i, n in zip(o.ids, o.counts) if i > 0}
+        self.extents = {i: list(b) for i, b in zip(o.ids, o.bounds) if i > 0}
         self.max_id = int(self.inst.max())
+
+    def building_window(self, instance_id: int, margin: int = 0) -> tuple[slice, slice]:
+        """Rows and columns that hold every pixel of a building, grown by ``margin`` within the layout."""
+        r0, r1, c0, c1 = self.extents[instance_id]
+        height, width = self.sem.shape
+        return (slice(max(0, r0 - margin), min(height, r1 + 1 + margin)),
+                slice(max(0, c0 - margin), min(width, c1 + 1 + margin)))  # fmt: skip
 
     def unchanged_buildings(self) -> list[int]:
         return sorted(i for i, n in self.unchanged_per_building.items() if n)
@@ -213,12 +223,22 @@ class _Simulation:
         sem[pixels.mask] = semantic_id
         if instance_id is not None:
             inst[pixels.mask] = instance_id
+            if instance_id > 0:
+                self._extend(instance_id, pixels)
             if instance_id > self.max_id:
                 self.max_id = instance_id
             elif self.max_id in ids and not (self.inst == self.max_id).any():  # the largest id is gone
                 self.max_id = int(self.inst.max())
         pixels.of(self.changed)[pixels.mask] = True
         self.changed_count += pixels.count()
+
+    def _extend(self, instance_id: int, pixels: Window) -> None:
+        rows, cols = bounding_slices(pixels.mask)
+        box = [pixels.r0 + rows.start, pixels.r0 + rows.stop - 1, pixels.c0 + cols.start, pixels.c0 + cols.stop - 1]
+        old = self.extents.get(instance_id)
+        if old is not None:
+            box = [min(old[0], box[0]), max(old[1], box[1]), min(old[2], box[2]), max(old[3], box[3])]
+        self.extents[instance_id] = box
 
 
 def _add_building(s: _Simulation) -> Window | None:
@@ -265,7 +285,7 @@ def _remove_building(s: _Simulation) -> Window | None:
     if not ids:
         return None
     victim = ids[s.rng.integers(0, len(ids))]  # = rng.choice(ids), without the list → array
-    rows, cols = bounding_slices(s.inst == victim)
+    rows, cols = s.building_window(victim)
     pixels = Window(rows.start, cols.start, (s.inst[rows, cols] == victim) & ~s.changed[rows, cols]
                     & (s.sem[rows, cols] == BUILDING))  # fmt: skip
     if not pixels.any():
@@ -282,7 +302,7 @@ def _resize_building(s: _Simulation, kind: str) -> Window | None:
         return None
     target_id = ids[s.rng.integers(0, len(ids))]
     radius = max(1, round(s.rng.uniform(1.0, 3.0) / s.gsd))
-    rows, cols = bounding_slices(s.inst == target_id, margin=radius + 1)  # morphology stays inside
+    rows, cols = s.building_window(target_id, margin=radius + 1)  # morphology stays inside
     body = s.inst[rows, cols] == target_id
     sem, changed = s.sem[rows, cols], s.changed[rows, cols]
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))

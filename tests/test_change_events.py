@@ -95,6 +95,20 @@ def test_expand_and_shrink_buildings(levir):
         assert (e.class_to == "building") == (e.type == "expand_building") and e.instance_id
 
 
+def test_repeated_expansions_grow_from_the_grown_building():
+    """A building expanded again and again grows from all its pixels so far, far beyond one expansion's reach."""
+    semantic = np.full((96, 96), CANONICAL.class_by_name("bare").id, np.uint8)
+    semantic[45:51, 45:51] = CANONICAL.class_by_name("building").id  # one 6x6 px building (3 m at 0.5 m)
+    config = ChangeConfig(change_fraction=0.3, events={"expand_building": 1})
+    result = simulate_change(semantic, 0.5, config, np.random.default_rng(0))
+    assert len(result.events) >= 4 and {e.type for e in result.events} == {"expand_building"}
+    grown = result.instances == result.events[0].instance_id
+    assert np.array_equal(grown, (semantic == CANONICAL.class_by_name("building").id) | result.change_mask)
+    rows, cols = np.flatnonzero(grown.any(axis=1)), np.flatnonzero(grown.any(axis=0))
+    reach = round(3.0 / 0.5) + 1  # one expansion grows a building by at most 3 m (6 px), inside a 7 px margin
+    assert rows[0] < 45 - reach or rows[-1] > 50 + reach or cols[0] < 45 - reach or cols[-1] > 50 + reach
+
+
 def _road_layout(angle_deg: float, size: int = 256, width_px: float = 12) -> np.ndarray:
     """Low vegetation crossed by one straight road through the centre at ``angle_deg`` (image x to y)."""
     import math
