@@ -41,7 +41,7 @@ from shapely.geometry.base import BaseGeometry
 
 from conditions.building_placement import ROAD, Orientations, Roads, align_footprint, footprint, keeps_setback
 from conditions.palettes import CANONICAL, IGNORE
-from conditions.pixel_geometry import Window, bounding_slices, rasterize_polygon, trace_pixels
+from conditions.pixel_geometry import Window, bounding_slices, box_slices, rasterize_polygon, trace_pixels
 from core.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class _Simulation:
     Besides the layout it keeps what the events ask for at every try, updated with each event's pixels
     (a window of the layout) instead of being recomputed over the whole layout: the number of changed
     pixels, the unchanged pixels of every class and of every building, the rows and columns every building
-    may cover (a superset: shrinking and removal do not narrow it) and the largest instance id."""
+    of the layout may cover (a superset: shrinking and removal do not narrow it) and the largest instance id."""
 
     sem: np.ndarray  # (H, W) canonical ids, updated in place
     inst: np.ndarray  # (H, W) int32 building instance ids, updated in place
@@ -192,7 +192,7 @@ class _Simulation:
     changed_count: int = 0
     unchanged_per_class: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # (256,) pixel counts
     unchanged_per_building: dict[int, int] = field(default_factory=dict)  # instance id -> unchanged pixels
-    extents: dict[int, list[int]] = field(default_factory=dict)  # instance id -> first/last row, first/last column
+    extents: dict[int, list[int]] = field(default_factory=dict)  # layout building id -> first/last row, last column
     max_id: int = 0
 
     def __post_init__(self) -> None:
@@ -203,11 +203,8 @@ class _Simulation:
         self.max_id = int(self.inst.max())
 
     def building_window(self, instance_id: int, margin: int = 0) -> tuple[slice, slice]:
-        """Rows and columns that hold every pixel of a building, grown by ``margin`` within the layout."""
-        r0, r1, c0, c1 = self.extents[instance_id]
-        height, width = self.sem.shape
-        return (slice(max(0, r0 - margin), min(height, r1 + 1 + margin)),
-                slice(max(0, c0 - margin), min(width, c1 + 1 + margin)))  # fmt: skip
+        """Rows and columns that hold every pixel of a layout building, grown by ``margin`` within the layout."""
+        return box_slices(self.extents[instance_id], self.sem.shape, margin)
 
     def unchanged_buildings(self) -> list[int]:
         return sorted(i for i, n in self.unchanged_per_building.items() if n)
@@ -223,7 +220,7 @@ class _Simulation:
         sem[pixels.mask] = semantic_id
         if instance_id is not None:
             inst[pixels.mask] = instance_id
-            if instance_id > 0:
+            if instance_id in self.extents:  # a layout building grew (new buildings are never removed or resized)
                 self._extend(instance_id, pixels)
             if instance_id > self.max_id:
                 self.max_id = instance_id
@@ -234,11 +231,9 @@ class _Simulation:
 
     def _extend(self, instance_id: int, pixels: Window) -> None:
         rows, cols = bounding_slices(pixels.mask)
-        box = [pixels.r0 + rows.start, pixels.r0 + rows.stop - 1, pixels.c0 + cols.start, pixels.c0 + cols.stop - 1]
-        old = self.extents.get(instance_id)
-        if old is not None:
-            box = [min(old[0], box[0]), max(old[1], box[1]), min(old[2], box[2]), max(old[3], box[3])]
-        self.extents[instance_id] = box
+        r0, r1, c0, c1 = self.extents[instance_id]
+        self.extents[instance_id] = [min(r0, pixels.r0 + rows.start), max(r1, pixels.r0 + rows.stop - 1),
+                                     min(c0, pixels.c0 + cols.start), max(c1, pixels.c0 + cols.stop - 1)]  # fmt: skip
 
 
 def _add_building(s: _Simulation) -> Window | None:

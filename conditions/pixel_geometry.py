@@ -25,12 +25,17 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 
+def box_slices(box: tuple[int, int, int, int], shape_hw: tuple[int, int], margin: int = 0) -> tuple[slice, slice]:
+    """Rows and columns of a box (first/last row, first/last column), grown by ``margin`` within ``shape_hw``."""
+    (r0, r1, c0, c1), (height, width) = box, shape_hw
+    return (slice(max(0, r0 - margin), min(height, r1 + 1 + margin)),
+            slice(max(0, c0 - margin), min(width, c1 + 1 + margin)))  # fmt: skip
+
+
 def bounding_slices(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice]:
     """Rows and columns of the True pixels of ``mask`` (not empty), grown by ``margin`` within its bounds."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    height, width = mask.shape
-    return (slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
-            slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)))  # fmt: skip
+    return box_slices((rows[0], rows[-1], cols[0], cols[-1]), mask.shape, margin)
 
 
 @dataclass(frozen=True)
